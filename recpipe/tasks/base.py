@@ -5,10 +5,13 @@ and ``main(argv)`` (so ``python -m recpipe.tasks.<step>`` and ``recpipe <step>``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
+
+from recpipe.tracking.base import MemoryTracker, Tracker
 
 
 @dataclass
@@ -42,3 +45,23 @@ def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+@contextlib.contextmanager
+def step_tracker(step: str, *, run_name: str | None = None, parent_run_id: str | None = None,
+                 experiment: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+    """The tracker a pipeline step logs into.
+
+    ``MLFLOW_RUN_ID`` set (KFP's MLflow integration) → that run; else ``parent_run_id`` given (``recpipe run``
+    opens one run per pipeline run) → a nested run named after the step; else a fresh run. Setting
+    ``RECPIPE_TRACKING=off`` gives an in-memory tracker (no MLflow at all).
+    """
+    if os.environ.get("RECPIPE_TRACKING", "").lower() == "off":
+        yield MemoryTracker(step)
+        return
+    from recpipe.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, MlflowTracker
+
+    all_tags = {"recpipe.step": step, **(tags or {})}
+    with MlflowTracker(experiment or DEFAULT_EXPERIMENT, run_name or step, parent_run_id=parent_run_id or None,
+                       tags=all_tags) as t:
+        yield t
