@@ -1,0 +1,59 @@
+"""JsonConfig: nested frozen dataclasses round-trip through JSON; unknown keys are named."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from recpipe.config import ConfigError, JsonConfig
+from recpipe.models.spec import ArchSpec, BlockSpec, SpecError, dcn_spec, deepfm_spec, dlrm_spec
+
+
+@dataclass(frozen=True)
+class Inner(JsonConfig):
+    lr: float = 0.1
+    widths: tuple[int, ...] = (4, 2)
+
+
+@dataclass(frozen=True)
+class Outer(JsonConfig):
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    optional: Inner | None = None
+    tags: dict = field(default_factory=dict)
+
+
+def test_roundtrip_nested():
+    o = Outer(name="y", inner=Inner(lr=0.5, widths=(8,)), optional=Inner(), tags={"a": 1})
+    assert Outer.from_json(o.to_json()) == o
+    assert Outer.from_dict({"inner": {"lr": 1}}).inner.lr == 1.0
+    assert isinstance(Outer.from_dict({"inner": {"lr": 1}}).inner.lr, float)
+    assert Outer.from_dict({}) == Outer()
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ConfigError, match=r"Outer.inner: unknown keys \['lrr'\]"):
+        Outer.from_dict({"inner": {"lrr": 1}})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        Outer.from_dict({"inner": 3})
+
+
+@pytest.mark.parametrize("spec", [dlrm_spec(), dcn_spec(), deepfm_spec()])
+def test_arch_spec_presets_roundtrip(spec):
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec and again.fingerprint() == spec.fingerprint()
+
+
+def test_spec_validation_and_canonical_form():
+    with pytest.raises(SpecError, match="input 'later' is neither"):
+        ArchSpec(blocks=(BlockSpec("a", "mlp", ("later",), units=(4,)), BlockSpec("later", "mlp", ("dense",), (4,))))
+    with pytest.raises(SpecError, match="type 'attn'"):
+        ArchSpec(blocks=(BlockSpec("a", "attn", ("dense",)),))
+    with pytest.raises(SpecError, match="efc needs units"):
+        ArchSpec(blocks=(BlockSpec("a", "efc", ("sparse",)),))
+    a = ArchSpec(blocks=(BlockSpec("x", "dot", ("sparse", "dense")), BlockSpec("y", "mlp", ("x",), (8,))))
+    b = ArchSpec(blocks=(BlockSpec("p", "dot", ("dense", "sparse")), BlockSpec("q", "mlp", ("p",), (8,))))
+    c = ArchSpec(blocks=(BlockSpec("p", "fm", ("dense", "sparse")), BlockSpec("q", "mlp", ("p",), (8,))))
+    assert a.canonical() == b.canonical() and a.canonical() != c.canonical()
+    assert a.output_blocks() == ["y"]
+    assert dcn_spec().output_blocks() == ["cross", "deep"]
