@@ -149,10 +149,16 @@ def evaluate_model(examples: Input[Dataset], model: Input[Model], metrics: Outpu
 
     ds = read_json(examples.path)
     days = [eval_day] if eval_day else ds["days"][-1:]
+    cfg = dict(config)
+    champion_dir = None
+    if champion.startswith("models:/"):  # models:/<name>@champion → resolved from the registry
+        cfg.update(champion_from_registry=True, registry_model=champion[len("models:/"):].split("@")[0])
+    elif champion:
+        champion_dir = champion
     with step_tracker("evaluate", run_name=f"evaluate-{days[-1]}", parent_run_id=mlflow_parent_run_id) as tracker:
-        result = evaluate.run(evaluate.EvaluateConfig.from_dict(config), model_dir=model.path,
+        result = evaluate.run(evaluate.EvaluateConfig.from_dict(cfg), model_dir=model.path,
                               dataset_root=ds["dataset_root"], days=days, output_dir=blessing.path,
-                              champion_model=champion or None,
+                              champion_model_dir=champion_dir,
                               float_model_dir=float_model.path if float_model is not None else None,
                               tracker=tracker)
         result.metadata["mlflow_run_id"] = tracker.run_id
@@ -178,12 +184,15 @@ def promote_model(blessing: Input[Artifact], model: Input[Model], promotion: Out
     Returns:
         ``"promoted"`` or ``"rejected"``.
     """
+    import os
+
     from recpipe.tasks import promote
     from recpipe.tasks.base import step_tracker, write_json
 
     with step_tracker("promote", run_name="promote", parent_run_id=mlflow_parent_run_id) as tracker:
         result = promote.run(promote.PromoteConfig.from_dict({**config, "model_name": model_name}),
-                             blessing_dir=blessing.path, model_dir=model.path, tracker=tracker)
+                             blessing_path=os.path.join(blessing.path, "blessing.json"), model_dir=model.path,
+                             tracker=tracker)
     write_json(promotion.path, result.to_dict())
     promotion.metadata.update(result.metadata)
     return str(result.metadata.get("decision", "rejected"))

@@ -28,7 +28,7 @@ DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(tsv|tsv\.gz|csv|csv\.gz|parquet)$
 
 # Small, fast defaults for a laptop run; a --config file overrides per step.
 DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
-    "ingest": {"engine": "beam", "hash_buckets": 20000},
+    "ingest": {"hash_buckets": 20000},
     "train": {},
     "quantize": {"bits": 4, "method": "greedy"},
     "evaluate": {"bootstrap_samples": 100},

@@ -30,11 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in STEPS:
         mod = importlib.import_module(STEPS[argv[0]])
-        return int(mod.main(argv[1:]) or 0)
+        rc = mod.main(argv[1:])
+        return rc if isinstance(rc, int) else 0  # some steps return their Result
     if argv and argv[0] == "synth":
         from recpipe.data import synthetic
 
-        return int(synthetic.main(argv[1:]) or 0)
+        rc = synthetic.main(argv[1:])
+        return rc if isinstance(rc, int) else 0
     parser = argparse.ArgumentParser(prog="recpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)

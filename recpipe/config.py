@@ -84,4 +84,6 @@ def _from_plain(tp: Any, v: Any, where: str) -> Any:
         return [_from_plain(a, x, f"{where}[{i}]") for i, x in enumerate(v)]
     if tp is float and isinstance(v, int) and not isinstance(v, bool):
         return float(v)
+    if tp is int and isinstance(v, float) and v.is_integer():
+        return int(v)  # JSON via protobuf Struct (KFP parameters) turns every number into a float
     return v

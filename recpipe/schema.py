@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -309,7 +310,11 @@ def _build(cls: type, d: Any, where: str) -> Any:
         raise SchemaError(f"{where} ({d.get('name', '?')!r}): unknown keys {sorted(unknown)}")
     if "name" in names and "name" not in d and cls is not LabelSpec:
         raise SchemaError(f"{where}: missing required key 'name'")
-    return cls(**d)
+    hints = typing.get_type_hints(cls)
+    # KFP parameters travel as protobuf Structs, where every number is a float: restore integral ints
+    fixed = {k: int(v) if hints.get(k) in (int, int | None) and isinstance(v, float) and v.is_integer() else v
+             for k, v in d.items()}
+    return cls(**fixed)
 
 
 CRITEO_NUM_DENSE = 13

@@ -57,3 +57,20 @@ def test_spec_validation_and_canonical_form():
     assert a.canonical() == b.canonical() and a.canonical() != c.canonical()
     assert a.output_blocks() == ["y"]
     assert dcn_spec().output_blocks() == ["cross", "deep"]
+
+
+def test_integral_floats_from_kfp_structs_become_ints():
+    o = Inner.from_dict({"lr": 1, "widths": [4.0, 2.0]})
+    assert o.widths == (4, 2) and all(type(x) is int for x in o.widths)
+    assert type(o.lr) is float
+    assert Outer.from_dict({"optional": {"widths": [3.0]}}).optional.widths == (3,)
+
+
+def test_schema_ints_survive_float_round_trip():
+    from recpipe.schema import Schema, criteo_schema
+
+    d = criteo_schema(20000).to_dict()
+    for f in d["sparse"]:
+        f["num_embeddings"] = float(f["num_embeddings"])
+    s = Schema.from_dict(d)
+    assert s.table_sizes() == [20000] * 26 and all(type(x) is int for x in s.table_sizes())
