@@ -215,7 +215,7 @@ def search_architecture(examples: Input[Dataset], best_spec: Output[Artifact], r
     from recpipe.tasks.base import read_json, step_tracker
 
     ds = read_json(examples.path)
-    days = list(ds["days"])
+    days = sorted(ds.get("dataset_days") or ds["days"])  # every day in the dataset, not only today's ingest
     tr = list(train_days) or days[:-1] or days
     ev = list(eval_days) or days[-1:]
     with step_tracker("search", run_name="search", parent_run_id=mlflow_parent_run_id) as tracker:
