@@ -35,7 +35,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def _artifact_location(uri: str, experiment: str) -> str | None:
+def artifact_location(uri: str, experiment: str) -> str | None:
     if uri.startswith("sqlite:///"):
         db = uri[len("sqlite:///"):]
         root = os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
@@ -67,7 +67,7 @@ class MlflowTracker:
             exp = self.client.get_experiment_by_name(exp_name)
             if exp is None:
                 exp_id = self.client.create_experiment(
-                    exp_name, artifact_location=_artifact_location(self.tracking_uri, exp_name))
+                    exp_name, artifact_location=artifact_location(self.tracking_uri, exp_name))
             else:
                 exp_id = exp.experiment_id
             run_tags = dict(tags or {})
