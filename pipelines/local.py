@@ -29,7 +29,7 @@ DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(tsv|tsv\.gz|csv|csv\.gz|parquet)$
 # Small, fast defaults for a laptop run; a --config file overrides per step.
 DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
     "ingest": {"hash_buckets": 20000},
-    "train": {},
+    "train": {"trainer": {"batch_size": 256}},
     "quantize": {"bits": 4, "method": "greedy"},
     "evaluate": {"bootstrap_samples": 100},
     "promote": {},
@@ -110,7 +110,7 @@ def run_local(*, data: str | None = None, days: int = 3, rows_per_day: int = 200
         evals = [r for r in child_run_summaries(parent.run_id) if r["tags"].get("recpipe.step") == "evaluate"]
         for row, ev in zip(rows, sorted(evals, key=lambda r: r["start_time"])):
             row.update({k: ev["metrics"].get(k) for k in ("eval/auc", "eval/ne", "eval/calibration",
-                                                          "champion/auc", "champion/ne")})
+                                                          "eval/champion/auc", "eval/champion/ne")})
         parent.log_dict({"runs": rows}, "summary.json")
         run_id = parent.run_id
     _say(_table(rows))
@@ -124,7 +124,8 @@ def _fmt(v: Any) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ["day", "pipeline", "decision", "eval/auc", "eval/ne", "eval/calibration", "champion/auc", "champion/ne"]
+    cols = ["day", "pipeline", "decision", "eval/auc", "eval/ne", "eval/calibration", "eval/champion/auc",
+            "eval/champion/ne"]
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
