@@ -22,7 +22,7 @@ the ``examples`` artifact is a small JSON pointer to it (root, days, schema vers
 
 import os
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from recpipe import __version__
 
@@ -130,7 +130,8 @@ def quantize_embeddings(model: Input[Model], quantized_model: Output[Model], met
 
 @dsl.component(**_component)
 def evaluate_model(examples: Input[Dataset], model: Input[Model], metrics: Output[Metrics],
-                   roc: Output[ClassificationMetrics], report: Output[Markdown], blessing: Output[Artifact],
+                   roc: Output[ClassificationMetrics], report: Output[Markdown], report_html: Output[HTML],
+                   blessing: Output[Artifact],
                    eval_day: str = "", champion: str = "", float_model: Input[Model] = None,
                    config: dict = {}, mlflow_parent_run_id: str = ""):
     """Evaluates the model to be served on held-out day(s) against the champion and writes the gate decision.
@@ -141,7 +142,8 @@ def evaluate_model(examples: Input[Dataset], model: Input[Model], metrics: Outpu
         float_model: optional float model, reported beside the served one.
         champion: ``models:/<name>@champion`` or a folder; empty or missing alias = first-run rule.
         config: ``recpipe.tasks.evaluate.EvaluateConfig`` (slices, bootstrap, thresholds, override).
-        metrics / roc / report: AUC, log loss, NE, calibration (+CIs), ROC curve, Markdown report.
+        metrics / roc / report / report_html: AUC, log loss, NE, calibration (+CIs) per slice, ROC curve, and
+            the report (Markdown; HTML with the ROC, calibration, NE-by-day and slice plots inlined).
         blessing: JSON gate decision with reasons.
     """
     from recpipe.tasks import evaluate
@@ -167,8 +169,10 @@ def evaluate_model(examples: Input[Dataset], model: Input[Model], metrics: Outpu
     curve = result.metadata.get("roc", {})
     if curve:
         roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
-    with open(report.path, "w", encoding="utf-8") as fh:
-        fh.write(result.metadata.get("report_markdown", ""))
+    import shutil
+
+    shutil.copyfile(result.outputs["report_md"], report.path)
+    shutil.copyfile(result.outputs["report_html"], report_html.path)
     blessing.metadata.update({k: v for k, v in result.metadata.items() if k not in ("roc", "report_markdown")})
 
 

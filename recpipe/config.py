@@ -82,8 +82,10 @@ def _from_plain(tp: Any, v: Any, where: str) -> Any:
     if origin is list:
         (a,) = typing.get_args(tp) or (Any,)
         return [_from_plain(a, x, f"{where}[{i}]") for i, x in enumerate(v)]
-    if tp is float and isinstance(v, int) and not isinstance(v, bool):
+    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
     if tp is int and isinstance(v, float) and v.is_integer():
         return int(v)  # JSON via protobuf Struct (KFP parameters) turns every number into a float
+    if tp in (bool, int, float, str) and (type(v) is not tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(v).__name__} {v!r}")
     return v

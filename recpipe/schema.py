@@ -87,7 +87,8 @@ class SparseFeature:
         encoding: ``"hash"`` (fixed-seed hashing into ``num_embeddings`` buckets) or ``"vocab"``
             (append-only frequency-thresholded vocabulary).
         min_count: with ``"vocab"``, values seen fewer times than this map to the reserved rare id.
-        embedding_dim: optional per-feature embedding dim override (model default otherwise).
+        embedding_dim: optional embedding dim of this feature; the current models use one D for every table,
+            so it must be None or equal to the architecture's D (the model builder checks and names the field).
     """
 
     name: str

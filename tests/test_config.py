@@ -74,3 +74,25 @@ def test_schema_ints_survive_float_round_trip():
         f["num_embeddings"] = float(f["num_embeddings"])
     s = Schema.from_dict(d)
     assert s.table_sizes() == [20000] * 26 and all(type(x) is int for x in s.table_sizes())
+
+
+@pytest.mark.parametrize("payload,needle", [
+    ({"name": 3}, "Outer.name: expected str, got int"),
+    ({"inner": {"lr": "0.1"}}, "Outer.inner.lr: expected float, got str"),
+    ({"inner": {"widths": [4, 0.5]}}, r"Outer.inner.widths\[1\]: expected int, got float"),
+    ({"inner": {"widths": [True]}}, r"Outer.inner.widths\[0\]: expected int, got bool"),
+])
+def test_scalar_types_are_checked(payload, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Outer.from_dict(payload)
+
+
+@dataclass(frozen=True)
+class Flags(JsonConfig):
+    enabled: bool = False
+
+
+def test_string_false_is_not_silently_truthy():
+    with pytest.raises(ConfigError, match="Flags.enabled: expected bool, got str"):
+        Flags.from_dict({"enabled": "false"})
+    assert Flags.from_dict({"enabled": True}).enabled is True

@@ -89,9 +89,17 @@ class MlflowTracker:
             s = v if isinstance(v, str) else json.dumps(v, default=str)
             s = s[:_MAX_PARAM_LEN]
             if k in existing:
-                if existing[k] != s:  # MLflow params are immutable: record the new value under a suffixed key
-                    LOG.warning("param %s already logged as %r; logging new value as %s.1", k, existing[k], k)
-                    items.append(Param(f"{k}.1", s))
+                if existing[k] == s:
+                    continue
+                # MLflow params are immutable (KFP retries re-log into one run): keep each new value under the
+                # next free suffix, unless that value is already recorded
+                versions = [existing[k]] + [existing[f"{k}.{i}"] for i in range(1, 1000) if f"{k}.{i}" in existing]
+                if s in versions:
+                    continue
+                key = f"{k}.{len(versions)}"
+                LOG.warning("param %s already logged as %r; logging new value as %s", k, existing[k], key)
+                existing[key] = s
+                items.append(Param(key, s))
                 continue
             items.append(Param(k, s))
         for i in range(0, len(items), 100):
@@ -149,19 +157,6 @@ class MlflowTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(status="FAILED" if exc_type else "FINISHED")
-
-    def run_url(self) -> str:
-        run = self.client.get_run(self.run_id)
-        return f"#/experiments/{run.info.experiment_id}/runs/{self.run_id}"
-
-
-@contextlib.contextmanager
-def start_tracker(experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-                  tracking_uri: str | None = None, **kw: Any) -> Iterator[MlflowTracker]:
-    """``with start_tracker("recpipe", "train-2026-11-24") as t: ...`` — ends the run (FAILED on error)."""
-    t = MlflowTracker(experiment, run_name, tracking_uri, **kw)
-    with t:
-        yield t
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

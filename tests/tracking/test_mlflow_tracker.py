@@ -76,3 +76,15 @@ def test_tracking_uri_resolution(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri() == "http://127.0.0.1:5000"
     assert resolve_tracking_uri("file:///x") == "file:///x"
+
+
+def test_relogging_a_param_keeps_every_value(store):
+    with MlflowTracker("exp", "retry", tracking_uri=store) as t:
+        t.log_params({"day": "a"})
+        t.log_params({"day": "a"})  # same value: nothing new
+        t.log_params({"day": "b"})
+        t.log_params({"day": "c"})
+        t.log_params({"day": "b"})  # already recorded
+        run_id = t.run_id
+    params = MlflowClient(tracking_uri=store).get_run(run_id).data.params
+    assert {k: v for k, v in params.items() if k.startswith("day")} == {"day": "a", "day.1": "b", "day.2": "c"}
