@@ -1,13 +1,14 @@
-"""All eval metrics at once (:class:`MetricCollection`) and per slice (:class:`SlicedMetrics`).
+"""All eval metrics at once (:class:`MetricCollection`) and the slice grouping (:func:`slice_groups`).
 
 ``MetricCollection(prefix="eval/").compute()`` gives ``eval/auc, eval/logloss, eval/ne, eval/calibration,
 eval/mean_pred, eval/label_rate, eval/count, eval/weight``. One :class:`~recpipe.metrics.streaming.Moments`
 and one exact :class:`~recpipe.metrics.streaming.AUC` back every key, so no row is stored twice.
 
 A *slice* is the set of rows sharing one value of an integer key: a categorical feature's id, or the day index
-of :class:`recpipe.data.batch.Batch`. :class:`SlicedMetrics` keeps (key, pred, label, weight) rows and, in
-``compute()``, groups them with one sort and reports the ``max_slices`` largest slices holding at least
-``min_count`` rows (a 1 M-bucket feature would otherwise produce a million tiny, noisy slices).
+of :class:`recpipe.data.batch.Batch`. :func:`slice_groups` groups rows by key with one sort and keeps the
+``max_slices`` largest slices holding at least ``min_count`` rows (a 1 M-bucket feature would otherwise produce
+a million tiny, noisy slices); :class:`recpipe.metrics.report.EvalAccumulator` is the one row store that
+reports per-slice metrics (several models on the same rows, with intervals).
 """
 from __future__ import annotations
 
@@ -95,69 +96,3 @@ def slice_groups(keys: torch.Tensor, max_slices: int, min_count: int = 1) -> lis
     order = torch.argsort(inverse, stable=True)  # rows grouped by key, ascending
     starts = torch.cumsum(counts, 0) - counts
     return [(int(uniq[g]), order[int(starts[g]): int(starts[g]) + int(counts[g])]) for g in keep.tolist()]
-
-
-class SlicedMetrics(StreamingMetric):
-    """Metrics per value of an integer slice key (categorical feature id or day index).
-
-    Args:
-        name: the slice dimension's name (e.g. ``"day"`` or ``"C1"``), used in result keys.
-        max_slices: report at most this many slices, the largest by row count (ties: smaller key first).
-        min_count: ignore slices with fewer rows.
-    """
-
-    def __init__(self, name: str, max_slices: int = 20, min_count: int = 1) -> None:
-        self.name = name
-        self.max_slices = max_slices
-        self.min_count = min_count
-        self._keys: list[torch.Tensor] = []
-        self._rows = AUC()  # reused as an exact row store (preds, labels, weights)
-
-    def update(self, preds: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-               keys: torch.Tensor | None = None) -> None:
-        """Adds a batch; ``keys`` is (B,) int64, the slice value of each row (required)."""
-        if keys is None:
-            raise ValueError(f"SlicedMetrics({self.name!r}).update needs keys (the slice value of each row)")
-        p, y, w = F.as_vectors(preds, labels, weights)
-        k = torch.as_tensor(keys).detach().reshape(-1).to("cpu", torch.int64)
-        if k.numel() != p.numel():
-            raise ValueError(f"slice {self.name!r}: keys has {k.numel()} elements but preds has {p.numel()}")
-        self._keys.append(k)
-        self._rows.add_checked(p, y, w)
-
-    def groups(self) -> list[tuple[int, torch.Tensor]]:
-        """The reported slices as (key, row indices into :meth:`rows`), largest first."""
-        return slice_groups(self.rows()[0], self.max_slices, self.min_count)
-
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(keys, preds, labels, weights), each (R,)."""
-        keys = torch.cat(self._keys) if self._keys else torch.zeros(0, dtype=torch.int64)
-        self._keys = [keys]
-        return (keys, *self._rows.rows())
-
-    def compute(  # type: ignore[override]
-            self, key_names: Mapping[int, str] | None = None) -> dict[str, dict[str, float]]:
-        """``{slice value: summary}`` (see :func:`recpipe.metrics.functional.summary`), largest slices first.
-
-        Args:
-            key_names: optional display names of key values (e.g. day index → ISO date).
-        """
-        _, p, y, w = self.rows()
-        names = key_names or {}
-        return {names.get(k, str(k)): F.summary(p[idx], y[idx], w[idx]) for k, idx in self.groups()}
-
-    def reset(self) -> None:
-        self._keys = []
-        self._rows.reset()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        keys, p, y, w = self.rows()
-        return {"keys": keys.clone(), "preds": p.clone(), "labels": y.clone(), "weights": w.clone()}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.reset()
-        self.merge_state(state)
-
-    def merge_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self._keys.append(state["keys"].to(torch.int64))
-        self._rows.merge_state(state)

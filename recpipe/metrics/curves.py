@@ -59,6 +59,30 @@ def roc_curve(preds: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor |
     return RocCurve(fpr.tolist(), tpr.tolist(), thr.tolist())
 
 
+def quantiles(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Quantiles with linear interpolation (``numpy.quantile``'s default, ``torch.quantile``'s ``"linear"``)
+    read off one sort, so they work at any size (``torch.quantile`` refuses inputs above 2**24 elements).
+
+    Args:
+        values: (R,) values, R >= 1.
+        q: (Q,) probabilities in [0, 1].
+
+    Returns:
+        (Q,) quantiles in ``values``' dtype.
+    """
+    v = values.reshape(-1)
+    if v.numel() == 0:
+        raise ValueError("quantiles of an empty tensor are undefined")
+    if bool(((q < 0) | (q > 1)).any()):
+        raise ValueError(f"quantile probabilities must lie in [0, 1], got {q.tolist()}")
+    s = torch.sort(v).values
+    pos = q.to(torch.float64) * (v.numel() - 1)  # (Q,) fractional rank
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    frac = (pos - lo.to(torch.float64)).to(s.dtype)
+    return s[lo] + (s[hi] - s[lo]) * frac
+
+
 @dataclass(frozen=True)
 class CalibrationCurve:
     """Reliability diagram data for non-empty bins: mean prediction vs observed label rate per bin."""
@@ -93,7 +117,7 @@ def calibration_curve(preds: torch.Tensor, labels: torch.Tensor, weights: torch.
     if strategy == "uniform" or p.numel() == 0:
         edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=F.DTYPE)
     else:
-        edges = torch.quantile(p, torch.linspace(0.0, 1.0, num_bins + 1, dtype=F.DTYPE))
+        edges = quantiles(p, torch.linspace(0.0, 1.0, num_bins + 1, dtype=F.DTYPE))
         edges[0], edges[-1] = 0.0, 1.0
     # bin b holds edges[b] <= p < edges[b + 1]; p == 1 goes to the last bin
     bins = (torch.searchsorted(edges, p, right=True) - 1).clamp(0, num_bins - 1)

@@ -108,6 +108,23 @@ class EvalAccumulator:
                 raise ValueError(f"update: slice {d!r} keys have {k.numel()} elements, labels {y.numel()}")
             self._keys[d].append(k)
 
+    def merge(self, other: "EvalAccumulator") -> "EvalAccumulator":
+        """Appends ``other``'s rows (e.g. another worker's shard) after this one's; returns ``self``.
+
+        Raises:
+            ValueError: when the two accumulators differ in models or slice dimensions.
+        """
+        if other.models != self.models or other.slice_dims != self.slice_dims:
+            raise ValueError(f"cannot merge an accumulator of models {list(other.models)} / slices "
+                             f"{list(other.slice_dims)} into one of {list(self.models)} / {list(self.slice_dims)}")
+        self._labels += other._labels
+        self._weights += other._weights
+        for m in self.models:
+            self._preds[m] += other._preds[m]
+        for d in self.slice_dims:
+            self._keys[d] += other._keys[d]
+        return self
+
     def columns(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(labels, weights, {model: preds}, {dim: keys}), each (R,), concatenated over updates."""
         def cat(ts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -65,3 +65,25 @@ def step_tracker(step: str, *, run_name: str | None = None, parent_run_id: str |
     with MlflowTracker(experiment or DEFAULT_EXPERIMENT, run_name or step, parent_run_id=parent_run_id or None,
                        tags=all_tags) as t:
         yield t
+
+
+def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over the relative names, sizes and contents of every file of a model directory (sorted walk).
+
+    Promote checks that the evaluated and the registered model are byte-identical with it, and the registry
+    names a version's artifact folder after it. Stdlib only, so importing it pulls no torch / mlflow.
+    """
+    import hashlib
+
+    model_dir = os.fspath(model_dir)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(model_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, model_dir)
+            h.update(f"{rel}\0{os.path.getsize(path)}\0".encode())  # unambiguous name/content boundary
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()

@@ -5,11 +5,18 @@ against the champion, ROC / calibration curves, plots, and the promotion gate's 
 Outputs in ``output_dir``:
 
 * ``metrics.json`` — the evaluation report (:meth:`recpipe.metrics.report.EvalAccumulator.report`) plus
-  ``flat`` (tracker keys) and provenance (days, model dirs, quantized or not).
+  ``flat`` (tracker keys), provenance (days, model dirs, quantized or not), ``oov_ids`` (per model, ids
+  beyond its tables that were scored as missing) and, with an MLflow tracker, ``history`` (NE of past runs).
 * ``blessing.json`` — the gate decision (:func:`recpipe.metrics.gate.decide`) plus model fingerprint, model /
-  champion dirs; ``recpipe.tasks.promote`` acts on it.
+  champion dirs and ``compared_champion`` (:func:`champion_ref`); ``recpipe.tasks.promote`` acts on it and
+  refuses when the registry's champion is no longer the one compared against.
 * ``roc.json`` — ``{fpr, tpr, thresholds}`` of the served model (KFP ``ClassificationMetrics.log_roc_curve``).
-* ``calibration.json``, ``report.md``, ``report.html`` (figures inlined) and ``plots/*.png``.
+* ``calibration.json``, ``report.md``, ``report.html`` (figures inlined) and ``plots/*.png`` (with an MLflow
+  tracker also ``ne_history.png``: NE over the last ``history_days`` evaluate runs).
+
+Vocabulary growth: a model trained on yesterday's smaller vocabulary has smaller tables than today's ids; per
+model, ids beyond its tables are scored as the reserved missing id 0 and counted (``eval/oov_ids``,
+``eval/champion/oov_ids``).
 
 Model names inside the report: ``challenger`` (the served model: quantized when ``model_dir`` is quantized),
 ``float`` (the float model a quantized one came from, when available) and ``champion``.
@@ -20,7 +27,6 @@ Run: ``python -m recpipe.tasks.evaluate --model-dir M --dataset-root D --days 20
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import tempfile
@@ -35,9 +41,12 @@ from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.metrics.gate import GateConfig, Override, decide
 from recpipe.metrics.report import EvalAccumulator, ReportOptions, flat_metrics
 from recpipe.models import load_model
-from recpipe.tasks.base import Result, read_json, step_tracker, write_json
+from recpipe.quant import is_quantized_model_dir, load_quantized_model
+from recpipe.tasks.base import Result, model_fingerprint, read_json, step_tracker, write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
-from recpipe.tracking.plots import evaluation_figures, figure_png, report_html, report_markdown
+from recpipe.tracking.plots import (evaluation_figures, figure_png, metric_history_figure, report_html,
+                                    report_markdown)
+from recpipe.train.loop import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,13 @@ SERVED, FLOAT, CHAMPION = "challenger", "float", "champion"
 DAY_SLICE = "day"
 NO_ID = -1
 """Slice key of a row whose bag for the sliced feature is empty (multi-hot feature with no value)."""
+MISSING_ID = 0
+"""Reserved id "missing" in both encodings (recpipe/ingest/README.md, "Encodings"): where ids beyond a model's
+table (vocabulary grown since it was trained) are sent."""
+HISTORY_METRICS = ("eval/ne", "eval/champion/ne")
+REGISTRY_MODEL_TAG = "recpipe.eval.registry_model"
+"""Run tag naming the registered model evaluated for; equals :data:`recpipe.tracking.registry.EVAL_MODEL_TAG`
+(not imported: that module pulls mlflow)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,9 @@ class EvaluateConfig(JsonConfig):
         calibration_bins: reliability-diagram bins.
         champion_from_registry: when no ``champion_model_dir`` is passed, download ``registry_model@champion``
             from the MLflow registry (none → first run).
-        registry_model: registered model name.
+        registry_model: registered model name (also tags the run, so later runs find its metrics).
+        history_days: with an MLflow tracker, plot ``eval/ne`` over the last this many evaluate runs of
+            ``registry_model`` in the run's experiment (``ne_history.png``); 0 disables.
         gate: thresholds, first-run rule and manual override.
     """
 
@@ -85,6 +103,7 @@ class EvaluateConfig(JsonConfig):
     calibration_bins: int = 10
     champion_from_registry: bool = False
     registry_model: str = "recpipe-ctr"
+    history_days: int = 30
     gate: GateConfig = field(default_factory=GateConfig)
 
     def report_options(self) -> ReportOptions:
@@ -93,36 +112,26 @@ class EvaluateConfig(JsonConfig):
                              roc_points=self.roc_points, calibration_bins=self.calibration_bins)
 
 
-def is_quantized_dir(model_dir: str) -> bool:
-    """Whether ``model.json`` carries the quantized marker (see :mod:`recpipe.quant.io`)."""
-    return "quantized" in read_json(os.path.join(model_dir, "model.json"))
-
-
 def load_any_model(model_dir: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Loads a float or quantized model directory, in eval mode."""
-    if is_quantized_dir(model_dir):
-        from recpipe.quant import load_quantized_model
-
+    if is_quantized_model_dir(model_dir):
         model = load_quantized_model(model_dir, map_location=device)
     else:
         model = load_model(model_dir, map_location=device)
     return model.eval()
 
 
-def model_fingerprint(model_dir: str) -> str:
-    """sha256 over the names and contents of every file of a model directory (sorted walk): promote checks
-    the evaluated and the registered model are byte-identical."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(model_dir):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, model_dir)
-            h.update(f"{rel}\0{os.path.getsize(path)}\0".encode())  # unambiguous name/content boundary
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
+def champion_ref(champion_dir: str | None, registry_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the evaluation compared against, for promote's staleness check: ``{"kind": "registry",
+    "version", "name", "fingerprint"}`` (downloaded alias), ``{"kind": "dir", "fingerprint", "dir"}`` (a
+    directory passed in) or ``{"kind": "none"}`` (first run)."""
+    if champion_dir is None:
+        return {"kind": "none"}
+    fingerprint = model_fingerprint(champion_dir)
+    if registry_info is not None:
+        return {"kind": "registry", "name": registry_info["name"], "version": str(registry_info["version"]),
+                "fingerprint": fingerprint}
+    return {"kind": "dir", "dir": champion_dir, "fingerprint": fingerprint}
 
 
 def slice_keys(batch: Batch, dims: Sequence[str], sparse_names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -148,10 +157,57 @@ def slice_keys(batch: Batch, dims: Sequence[str], sparse_names: Sequence[str]) -
     return out
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def head_rows(batch: Batch, n: int) -> Batch:
+    """The first ``n`` rows of a batch (``n <= B``), sparse bags included, vectorised over the TBE layout.
+
+    Bag (f, b) of the result is bag (f, b) of ``batch`` for b < n: per feature the first n (start, end)
+    offset pairs are kept and their ids gathered into a new feature-major ``indices``.
+    """
+    b = batch.batch_size
+    if n >= b:
+        return batch
+    f = batch.num_sparse
+    starts = batch.offsets[:-1].reshape(f, b)[:, :n].reshape(-1)  # (F * n,)
+    ends = batch.offsets[1:].reshape(f, b)[:, :n].reshape(-1)  # (F * n,)
+    lengths = ends - starts
+    offsets = torch.zeros(f * n + 1, dtype=batch.offsets.dtype, device=batch.offsets.device)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    total = int(offsets[-1])
+    # id j of the result sits at starts[bag] + (j - offsets[bag]) in the source
+    bag_start = torch.repeat_interleave(starts - offsets[:-1], lengths, output_size=total)  # (T',)
+    pos = bag_start + torch.arange(total, device=batch.indices.device)
+    day = batch.day[:n] if batch.day is not None else None
+    return Batch(batch.dense[:n], batch.indices[pos], offsets, batch.labels[:n], day)
+
+
+def remap_out_of_range(batch: Batch, table_sizes: Sequence[int]) -> tuple[Batch, torch.Tensor]:
+    """Sends ids beyond a model's tables to :data:`MISSING_ID`, vectorised over the TBE layout.
+
+    With the append-only vocabulary, today's ids can exceed the tables of a model trained on an older,
+    smaller vocabulary (the champion); such an id is unknown to that model, like a missing value.
+
+    Args:
+        batch: the batch (indices (T,), feature-major offsets (F * B + 1,)).
+        table_sizes: the model's F table sizes.
+
+    Returns:
+        (batch with remapped indices (T,), counts (F,) int64 of remapped ids per feature, on the batch's
+        device).
+    """
+    b, f = batch.batch_size, len(table_sizes)
+    if batch.offsets.numel() != f * b + 1:
+        raise ValueError(f"batch has {batch.num_sparse} sparse features (offsets {batch.offsets.numel()}) but the "
+                         f"model has {f} embedding tables")
+    dev = batch.indices.device
+    bounds = batch.offsets[::b] if b else torch.zeros(f + 1, dtype=torch.int64, device=dev)  # (F + 1,)
+    per_feature = bounds[1:] - bounds[:-1]  # (F,)
+    feature = torch.repeat_interleave(torch.arange(f, device=dev), per_feature,
+                                      output_size=batch.indices.numel())  # (T,)
+    sizes = torch.as_tensor(list(table_sizes), dtype=batch.indices.dtype, device=dev)
+    oov = batch.indices >= sizes[feature]  # (T,)
+    counts = torch.bincount(feature[oov], minlength=f)  # (F,), on the batch's device: no host sync per batch
+    indices = torch.where(oov, torch.full_like(batch.indices, MISSING_ID), batch.indices)
+    return Batch(batch.dense, indices, batch.offsets, batch.labels, batch.day), counts
 
 
 def _float_source(model_dir: str, float_model_dir: str | None) -> str | None:
@@ -166,28 +222,80 @@ def _float_source(model_dir: str, float_model_dir: str | None) -> str | None:
 
 
 def score(models: Mapping[str, torch.nn.Module], loader: ParquetLoader, dims: Sequence[str],
-          device: torch.device, max_rows: int | None = None) -> EvalAccumulator:
-    """Runs every model on every batch of ``loader`` and accumulates predictions, labels and slice keys."""
+          device: torch.device, max_rows: int | None = None) -> tuple[EvalAccumulator, dict[str, torch.Tensor]]:
+    """Runs every model on every batch of ``loader`` and accumulates predictions, labels and slice keys.
+
+    Ids beyond a model's tables are remapped to :data:`MISSING_ID` for that model only
+    (:func:`remap_out_of_range`); exactly ``max_rows`` rows are scored when the days hold more.
+
+    Returns:
+        (accumulator, model name → (F,) int64 count of remapped ids per sparse feature).
+    """
     acc = EvalAccumulator(list(models), dims)
     sparse_names = loader.schema.sparse_names
     for d in dims:
         if d != DAY_SLICE and d not in sparse_names:
             raise ValueError(f"slice {d!r} is neither 'day' nor a sparse feature of {loader.root} "
                              f"(features: {sparse_names})")
+    sizes = {m: getattr(model, "table_sizes", None) for m, model in models.items()}
+    oov = {m: torch.zeros(len(sparse_names), dtype=torch.int64, device=device) for m in models}
     with torch.no_grad():
         for i, batch in enumerate(loader):
-            if max_rows is not None and acc.num_rows >= max_rows:
-                break
+            if max_rows is not None:
+                if acc.num_rows >= max_rows:
+                    break
+                batch = head_rows(batch, max_rows - acc.num_rows)
             dev = batch.to(device)
             preds = {}
             for m, model in models.items():
+                inputs = dev
+                if sizes[m]:
+                    try:
+                        inputs, counts = remap_out_of_range(dev, sizes[m])
+                    except ValueError as e:
+                        raise ValueError(f"model {m!r} on {loader.root} days {loader.days}: {e}") from e
+                    oov[m] += counts
                 try:
-                    preds[m] = torch.sigmoid(model(dev)).float().cpu()  # (B,)
-                except (IndexError, RuntimeError) as e:  # typically ids beyond an older model's tables
+                    preds[m] = torch.sigmoid(model(inputs)).float().cpu()  # (B,)
+                except (IndexError, RuntimeError) as e:
                     raise RuntimeError(f"model {m!r} failed on batch {i} of {loader.root} days {loader.days} "
-                                       f"(does it fit this data's schema / table sizes?): {e}") from e
+                                       f"(does it fit this data's schema?): {e}") from e
             acc.update(batch.labels, preds, slice_keys(batch, dims, sparse_names))
-    return acc
+    oov = {m: c.cpu() for m, c in oov.items()}
+    for m, counts in oov.items():
+        if int(counts.sum()):
+            logger.warning("model %r: %d ids beyond its tables scored as missing (id %d): %s", m,
+                           int(counts.sum()), MISSING_ID,
+                           {n: int(c) for n, c in zip(sparse_names, counts.tolist()) if c})
+    return acc, oov
+
+
+def _oov_report(oov: Mapping[str, torch.Tensor], sparse_names: Sequence[str]) -> dict[str, Any]:
+    return {m: {"total": int(c.sum()), "by_feature": {n: int(v) for n, v in zip(sparse_names, c.tolist())}}
+            for m, c in oov.items()}
+
+
+def _history(cfg: EvaluateConfig, tracker: Tracker, report: Mapping[str, Any],
+             flat: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Previous evaluate runs of ``cfg.registry_model`` plus this one (oldest first), or [] when the tracker
+    is not an MLflow run (no ``tracking_uri`` / ``client``) or the lookup fails (the plot is optional)."""
+    uri, client, run_id = (getattr(tracker, a, None) for a in ("tracking_uri", "client", "run_id"))
+    if cfg.history_days <= 0 or not uri or client is None or not run_id:
+        return []
+    from mlflow.exceptions import MlflowException
+
+    from recpipe.tracking.registry import evaluation_history
+
+    try:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        past = evaluation_history(uri, experiment_id, cfg.registry_model, cfg.history_days - 1,
+                                  HISTORY_METRICS, exclude_run_id=run_id)
+    except (MlflowException, OSError, ValueError) as e:
+        logger.warning("no NE history for %r from %s: %s", cfg.registry_model, uri, e)
+        return []
+    current = {"run_id": run_id, "days": list(report["days"]),
+               "metrics": {k: flat[k] for k in HISTORY_METRICS if k in flat}}
+    return [*past, current]
 
 
 def _resolve_champion(cfg: EvaluateConfig, champion_model_dir: str | None, tmp: str) -> tuple[str | None, Any]:
@@ -200,7 +308,7 @@ def _resolve_champion(cfg: EvaluateConfig, champion_model_dir: str | None, tmp: 
     if info is None:
         logger.info("registry model %r has no champion: first run", cfg.registry_model)
         return None, None
-    return reg.download(ALIAS, tmp), info.to_dict()
+    return reg.download(info.version, tmp), info.to_dict()  # by number: the alias may move meanwhile
 
 
 def _log(tracker: Tracker, cfg: EvaluateConfig, report: dict[str, Any], blessing: dict[str, Any],
@@ -212,7 +320,10 @@ def _log(tracker: Tracker, cfg: EvaluateConfig, report: dict[str, Any], blessing
     for name, fig in figures.items():
         tracker.log_figure(fig, f"eval/{name}")
     tags = {"recpipe.gate.decision": blessing["decision"], "recpipe.gate.rule": blessing["rule"],
-            "recpipe.gate.automatic_decision": blessing["automatic_decision"]}
+            "recpipe.gate.automatic_decision": blessing["automatic_decision"],
+            "recpipe.eval.champion": str(blessing["compared_champion"].get("version")
+                                         or blessing["compared_champion"]["kind"]),
+            REGISTRY_MODEL_TAG: cfg.registry_model}
     if blessing["override"]:
         tags.update({"recpipe.gate.override": "true", "recpipe.gate.override_by": blessing["override"]["who"],
                      "recpipe.gate.override_reason": blessing["override"]["why"]})
@@ -242,11 +353,11 @@ def run(cfg: EvaluateConfig, *, model_dir: str, dataset_root: str, days: Sequenc
     """
     tracker = tracker if tracker is not None else MemoryTracker("evaluate")
     cfg.gate.validate()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     os.makedirs(output_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="recpipe-champion-") as tmp:
         champion_dir, champion_info = _resolve_champion(cfg, champion_model_dir, tmp)
-        quantized = is_quantized_dir(model_dir)
+        quantized = is_quantized_model_dir(model_dir)
         models = {SERVED: load_any_model(model_dir, device)}
         float_dir = _float_source(model_dir, float_model_dir) if quantized else None
         if float_dir:
@@ -256,24 +367,33 @@ def run(cfg: EvaluateConfig, *, model_dir: str, dataset_root: str, days: Sequenc
         schema = getattr(models[SERVED], "schema", None)
         loader = ParquetLoader(dataset_root, LoaderConfig(batch_size=cfg.batch_size), schema=schema,
                                days=list(days) if days else None)
-        acc = score(models, loader, cfg.slices, device, cfg.max_rows)
+        acc, oov = score(models, loader, cfg.slices, device, cfg.max_rows)
+        compared = champion_ref(champion_dir, champion_info)  # fingerprint while the download still exists
     logger.info("scored %d rows of %s with %s", acc.num_rows, loader.days, list(models))
     names = {DAY_SLICE: dict(enumerate(loader.days))}
     report = acc.report(cfg.report_options(), baseline=CHAMPION if champion_dir else None, key_names=names)
     report.update({"days": list(loader.days), "model_dir": model_dir, "quantized": quantized,
-                   "float_model_dir": float_dir, "champion_model_dir": champion_dir, "champion": champion_info})
+                   "float_model_dir": float_dir, "champion_model_dir": champion_dir, "champion": champion_info,
+                   "compared_champion": compared, "oov_ids": _oov_report(oov, loader.schema.sparse_names)})
     blessing = decide(cfg.gate, report, SERVED, CHAMPION if champion_dir else None)
     blessing.update({"model_dir": model_dir, "model_fingerprint": model_fingerprint(model_dir),
-                     "champion_model_dir": champion_dir, "champion": champion_info, "days": list(loader.days),
-                     "rows": report["rows"], "quantized": quantized,
+                     "champion_model_dir": champion_dir, "champion": champion_info, "compared_champion": compared,
+                     "days": list(loader.days), "rows": report["rows"], "quantized": quantized,
                      "metrics": report["metrics"][SERVED]["overall"]})
     flat = flat_metrics(report, SERVED, include_slices=True)
     for other, prefix in ((FLOAT, "eval/float/"), (CHAMPION, "eval/champion/")):
         if other in models:
             flat.update({k: v for k, v in flat_metrics(report, other, prefix).items() if "/delta/" not in k})
+    for other, prefix in ((SERVED, "eval/"), (FLOAT, "eval/float/"), (CHAMPION, "eval/champion/")):
+        if other in oov:
+            flat[f"{prefix}oov_ids"] = float(oov[other].sum())
     flat["eval/blessed"] = float(blessing["blessed"])
     report["flat"] = flat
     figures = evaluation_figures(report)
+    history = _history(cfg, tracker, report, flat)
+    if history:
+        report["history"] = history
+        figures["ne_history.png"] = metric_history_figure(history, "eval/ne", {"champion": "eval/champion/ne"})
     outputs = {"metrics": os.path.join(output_dir, "metrics.json"),
                "blessing": os.path.join(output_dir, "blessing.json"),
                "roc": os.path.join(output_dir, "roc.json"),

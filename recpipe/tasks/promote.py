@@ -7,7 +7,11 @@
 * ``rollback=True`` → swap ``champion`` and ``previous`` (no blessing needed): ``recpipe promote --rollback``.
 
 Before registering, the model directory's fingerprint must equal the one the evaluation recorded, so the
-model promoted is byte-for-byte the model that was gated.
+model promoted is byte-for-byte the model that was gated. Before moving ``champion`` (checked before
+registering and again right before the move), the registry's champion must still be the one the evaluation
+compared against (the blessing's ``compared_champion``): a promotion in between makes the comparison stale
+and promote refuses (:class:`BlessingError` naming both versions). MLflow has no compare-and-set on aliases,
+so a promotion landing between the last check and the move is not caught; pipelines serialise promotions.
 
 Run: ``python -m recpipe.tasks.promote --blessing OUT/blessing.json --model-dir M`` or ``... --rollback``.
 """
@@ -21,10 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from recpipe.config import JsonConfig
-from recpipe.tasks.base import Result, read_json, step_tracker
-from recpipe.tasks.evaluate import model_fingerprint
+from recpipe.tasks.base import Result, model_fingerprint, read_json, step_tracker
 from recpipe.tracking.base import MemoryTracker, Tracker
-from recpipe.tracking.registry import DEFAULT_MODEL_NAME, ModelRegistry
+from recpipe.tracking.registry import CHAMPION, DEFAULT_MODEL_NAME, FINGERPRINT_TAG, ModelRegistry, VersionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class PromoteConfig(JsonConfig):
         tracking_uri: MLflow store (None: ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.db``).
         register_rejected: also register failed challengers (tagged ``challenger-rejected``).
         check_fingerprint: refuse when ``model_dir`` differs from the evaluated model.
+        check_champion: refuse to promote when the registry's champion moved since the evaluation.
         use_tracker_run: store the model artifacts in the step's tracker run (else a dedicated run).
         reason: free text recorded with a rollback or promotion.
     """
@@ -50,6 +54,7 @@ class PromoteConfig(JsonConfig):
     tracking_uri: str | None = None
     register_rejected: bool = True
     check_fingerprint: bool = True
+    check_champion: bool = True
     use_tracker_run: bool = True
     reason: str = ""
 
@@ -71,12 +76,54 @@ def load_blessing(path: str) -> dict[str, Any]:
     return blessing
 
 
+def _fingerprint_of(registry: ModelRegistry, info: VersionInfo) -> str:
+    """A registered version's fingerprint: its tag, or (versions registered before the tag) its download's."""
+    if info.tags.get(FINGERPRINT_TAG):
+        return info.tags[FINGERPRINT_TAG]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="recpipe-promote-") as tmp:
+        return model_fingerprint(registry.download(info.version, tmp))
+
+
+def check_champion_unchanged(registry: ModelRegistry, blessing: dict[str, Any], blessing_path: str) -> None:
+    """Raises :class:`BlessingError` unless the registry's ``champion`` is the model the evaluation compared
+    against (``compared_champion``: a registry version, a directory's fingerprint, or none on a first run)."""
+    ref = blessing.get("compared_champion")
+    if not isinstance(ref, dict) or ref.get("kind") not in ("none", "registry", "dir"):
+        raise BlessingError(f"{blessing_path}: blessing lacks 'compared_champion' (which champion the evaluation "
+                            f"compared against); re-run evaluate, or set check_champion=false")
+    current = registry.by_alias(CHAMPION)
+    now = f"version {current.version}" if current else "none"
+    if ref["kind"] == "none":
+        if current is not None:
+            raise BlessingError(f"{blessing_path}: evaluated as a first run (no champion) but {registry.name!r} "
+                                f"champion is now {now}; re-evaluate against it")
+        return
+    if ref["kind"] == "registry":
+        if ref.get("name", registry.name) != registry.name:
+            raise BlessingError(f"{blessing_path}: evaluated against registered model {ref['name']!r} version "
+                                f"{ref['version']}, not {registry.name!r} (champion {now})")
+        was = f"version {ref['version']}"
+        if current is None or current.version != str(ref["version"]):
+            raise BlessingError(f"{blessing_path}: evaluated against {registry.name!r} champion {was} but the "
+                                f"champion is now {now}; re-evaluate against it")
+        return
+    was = f"model dir {ref.get('dir')} (fingerprint {ref['fingerprint'][:12]})"
+    if current is None or _fingerprint_of(registry, current) != ref["fingerprint"]:
+        raise BlessingError(f"{blessing_path}: evaluated against {was} but {registry.name!r} champion is {now}"
+                            + ("" if current is None else " with other contents") + "; re-evaluate against it")
+
+
 def _version_tags(blessing: dict[str, Any]) -> dict[str, str]:
     metrics = blessing.get("metrics") or {}
     tags = {"recpipe.gate.decision": blessing["decision"], "recpipe.gate.rule": blessing["rule"],
             "recpipe.gate.reasons": json.dumps(blessing["reasons"]),
             "recpipe.eval.days": ",".join(blessing.get("days") or []),
             "recpipe.quantized": str(bool(blessing.get("quantized", False))).lower()}
+    ref = blessing.get("compared_champion") or {}
+    if ref:
+        tags["recpipe.eval.compared_champion"] = str(ref.get("version") or ref.get("fingerprint") or ref["kind"])
     for k in ("auc", "ne", "calibration"):
         if k in metrics:
             tags[f"recpipe.eval.{k}"] = f"{metrics[k]:.6g}"
@@ -100,6 +147,10 @@ def run(cfg: PromoteConfig, *, blessing_path: str | None, model_dir: str | None,
     Returns:
         :class:`Result`; ``metadata`` holds ``action`` (``promoted`` | ``rejected`` | ``rolled_back`` |
         ``skipped``; also under ``decision``), ``version``, ``champion``, ``previous`` and ``model_name``.
+
+    Raises:
+        BlessingError: unreadable blessing, fingerprint mismatch, or (blessed) the registry's champion is not
+            the one the evaluation compared against.
     """
     tracker = tracker if tracker is not None else MemoryTracker("promote")
     registry = ModelRegistry(cfg.model_name, cfg.tracking_uri)
@@ -124,6 +175,9 @@ def run(cfg: PromoteConfig, *, blessing_path: str | None, model_dir: str | None,
         return Result(metrics={"promote/promoted": 0.0},
                       metadata={"action": "skipped", "decision": "skipped", "model_name": cfg.model_name,
                                 "reasons": blessing["reasons"]})
+    check = blessed and cfg.check_champion
+    if check:
+        check_champion_unchanged(registry, blessing, blessing_path)
     # the tracker's run can hold the artifacts only if it lives in the registry's store
     same_store = getattr(tracker, "tracking_uri", None) == registry.tracking_uri
     run_id = tracker.run_id if cfg.use_tracker_run and same_store else None
@@ -131,6 +185,12 @@ def run(cfg: PromoteConfig, *, blessing_path: str | None, model_dir: str | None,
     if run_id is not None:
         tracker.log_dict(blessing, "promote/blessing.json")
     if blessed:
+        if check:  # registering takes a while: the alias may have moved meanwhile
+            try:
+                check_champion_unchanged(registry, blessing, blessing_path)
+            except BlessingError as e:
+                registry.set_tags(info.version, {"recpipe.promote.refused": str(e)})
+                raise
         moved = registry.promote(info.version, cfg.reason or "; ".join(blessing["reasons"]) or "gate passed")
         action = "promoted"
     else:

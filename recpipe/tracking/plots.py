@@ -10,12 +10,10 @@ import base64
 import html
 import io
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from recpipe.tracking.base import Tracker
 
 FIGSIZE = (5.5, 4.0)
 DPI = 100
@@ -85,6 +83,33 @@ def metric_by_day_figure(report: Mapping[str, Any], metric: str = "ne", dim: str
         hi = [errs[i][1] - y[j] if errs[i] else 0.0 for j, i in enumerate(order)]
         ax.errorbar(xs, y, yerr=[lo, hi], marker="o", capsize=3, label=model)
     ax.set(xlabel=dim, ylabel=metric, title=f"{metric} by {dim}")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def metric_history_figure(history: Sequence[Mapping[str, Any]], metric: str = "eval/ne",
+                          series: Mapping[str, str] | None = None) -> Figure:
+    """``metric`` of the served model across evaluation runs (oldest first), one point per run at its last
+    evaluated day — NE by day over the last N daily runs, not only the days this run scored.
+
+    Args:
+        history: rows as :func:`recpipe.tracking.registry.evaluation_history` returns them (the current run
+            appended last), each with ``days`` and ``metrics``.
+        metric: key in every row's ``metrics``.
+        series: optional extra lines, legend label → metric key (e.g. ``{"champion": "eval/champion/ne"}``);
+            runs lacking that key are skipped for that line.
+    """
+    fig, ax = _figure()
+    lines = {"challenger": metric, **(series or {})}
+    for label, key in lines.items():
+        pts = [(row["days"][-1] if row.get("days") else str(i), row["metrics"][key])
+               for i, row in enumerate(history) if key in row.get("metrics", {})]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+    short = metric.split("/")[-1]
+    ax.set(xlabel="last evaluated day of the run", ylabel=short, title=f"{short} over the last {len(history)} runs")
     ax.tick_params(axis="x", labelrotation=45)
     ax.legend()
     fig.tight_layout()
@@ -201,12 +226,3 @@ def report_html(report: Mapping[str, Any], blessing: Mapping[str, Any] | None = 
         parts.append(f"<h3>{esc(name)}</h3><img alt='{esc(name)}' src='data:image/png;base64,{data}'/>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def log_evaluation_plots(tracker: Tracker, report: Mapping[str, Any], blessing: Mapping[str, Any] | None = None,
-                         prefix: str = "eval") -> dict[str, Figure]:
-    """Builds :func:`evaluation_figures` and logs each under ``<prefix>/`` with ``tracker.log_figure``."""
-    figs = evaluation_figures(report)
-    for name, fig in figs.items():
-        tracker.log_figure(fig, f"{prefix}/{name}")
-    return figs

@@ -1,7 +1,9 @@
 """Champion / challenger bookkeeping in the MLflow model registry, with plain file artifacts.
 
 A model version is a model DIRECTORY (``model.json`` + weights, float or quantized) logged as artifacts of a
-run under ``model/`` and registered with source ``runs:/<run_id>/model`` — no MLflow flavour, no pickles, so
+run under ``registered/<fingerprint[:12]>/`` (unique per model content, so several steps sharing one run —
+KFP's injected ``MLFLOW_RUN_ID`` — never overwrite each other) and registered with source
+``runs:/<run_id>/registered/<fingerprint[:12]>`` — no MLflow flavour, no pickles, so
 any recpipe version can read it back with :func:`recpipe.models.load_model` /
 :func:`recpipe.quant.load_quantized_model` after :meth:`ModelRegistry.download`.
 
@@ -15,6 +17,9 @@ Aliases:
 A rejected challenger keeps its version (for audit) and gets the tag ``challenger-rejected=true`` plus
 ``rejection_reasons``. Store resolution follows :mod:`recpipe.tracking.mlflow_tracker` (argument,
 ``MLFLOW_TRACKING_URI``, ``sqlite:///mlruns.db``).
+
+:func:`evaluation_history` reads back previous evaluate runs' metrics of one registered model (NE by day
+across daily runs).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from recpipe.tasks.base import model_fingerprint
 from recpipe.tracking.mlflow_tracker import DEFAULT_EXPERIMENT, artifact_location, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -37,7 +43,11 @@ DEFAULT_MODEL_NAME = "recpipe-ctr"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 REJECTED_TAG = "challenger-rejected"
-ARTIFACT_PATH = "model"
+ARTIFACT_DIR = "registered"
+FINGERPRINT_TAG = "recpipe.model_fingerprint"
+FINGERPRINT_CHARS = 12  # 48 bits of sha256: unique among the versions one run can hold
+EVAL_MODEL_TAG = "recpipe.eval.registry_model"
+"""Run tag set by the evaluate step: the registered model it evaluated for (see :func:`evaluation_history`)."""
 _MAX_TAG_LEN = 5000  # MLflow tag values are limited to 5000 characters (version tags: 5000)
 
 
@@ -113,7 +123,8 @@ class ModelRegistry:
     def register(self, model_dir: str | os.PathLike[str], *, run_id: str | None = None,
                  experiment: str = DEFAULT_EXPERIMENT, tags: Mapping[str, str] | None = None,
                  description: str | None = None) -> VersionInfo:
-        """Logs ``model_dir`` as artifacts ``model/`` of a run and registers it as a new version.
+        """Logs ``model_dir`` as artifacts ``registered/<fingerprint[:12]>/`` of a run and registers it as a new
+        version tagged with the full fingerprint (:data:`FINGERPRINT_TAG`).
 
         Args:
             model_dir: the model directory (must contain ``model.json``).
@@ -132,7 +143,9 @@ class ModelRegistry:
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
                 experiment, artifact_location=artifact_location(self.tracking_uri, experiment))
             run_id = self.client.create_run(exp_id, run_name="register", tags={"recpipe.step": "register"}).info.run_id
-        self.client.log_artifacts(run_id, model_dir, ARTIFACT_PATH)
+        fingerprint = model_fingerprint(model_dir)
+        artifact_path = f"{ARTIFACT_DIR}/{fingerprint[:FINGERPRINT_CHARS]}"
+        self.client.log_artifacts(run_id, model_dir, artifact_path)
         if own_run:
             self.client.set_terminated(run_id)
         try:
@@ -141,8 +154,9 @@ class ModelRegistry:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             self.client.create_registered_model(self.name, description="recpipe CTR model (champion/challenger)")
-        all_tags = {"recpipe.model_dir": model_dir, "recpipe.registered_at": _now(), **(tags or {})}
-        mv = self.client.create_model_version(self.name, f"runs:/{run_id}/{ARTIFACT_PATH}", run_id=run_id,
+        all_tags = {"recpipe.model_dir": model_dir, "recpipe.registered_at": _now(), **(tags or {}),
+                    FINGERPRINT_TAG: fingerprint}
+        mv = self.client.create_model_version(self.name, f"runs:/{run_id}/{artifact_path}", run_id=run_id,
                                               tags={k: str(v)[:_MAX_TAG_LEN] for k, v in all_tags.items()},
                                               description=description)
         logger.info("registered %s version %s from %s (run %s)", self.name, mv.version, model_dir, run_id)
@@ -218,3 +232,38 @@ def resolve_alias_dir(alias: str, dst_dir: str | os.PathLike[str], name: str = D
     if reg.by_alias(alias) is None:
         return None
     return reg.download(alias, dst_dir)
+
+
+def evaluation_history(tracking_uri: str | None, experiment_id: str, model_name: str, limit: int = 30,
+                       metrics: tuple[str, ...] = ("eval/ne",), exclude_run_id: str | None = None
+                       ) -> list[dict[str, Any]]:
+    """The last ``limit`` evaluate runs of ``model_name`` in an experiment, oldest first.
+
+    Runs are those tagged :data:`EVAL_MODEL_TAG` ``= model_name`` (set only by the evaluate step, so a run
+    shared by several steps still qualifies) that logged the first of ``metrics``.
+
+    Args:
+        tracking_uri: store URI (resolved as in :mod:`recpipe.tracking.mlflow_tracker`).
+        experiment_id: experiment to search.
+        model_name: registered model name the evaluations were for.
+        limit: newest this many runs.
+        metrics: metric keys to read (latest value of each; absent ones are left out of a row).
+        exclude_run_id: leave this run out (the evaluation in progress).
+
+    Returns:
+        ``[{"run_id", "start_time" (ms), "days" (list of ISO days, from the ``eval.days`` param), "metrics"}]``.
+    """
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    if "'" in model_name:
+        raise ValueError(f"registered model name {model_name!r}: quotes are not supported in history search")
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{EVAL_MODEL_TAG}` = '{model_name}'",
+                              order_by=["attributes.start_time DESC"],
+                              max_results=2 * limit + 1)  # room for skipped runs (failed, no metric)
+    out = []
+    for r in runs:
+        if r.info.run_id == exclude_run_id or metrics[0] not in r.data.metrics:
+            continue
+        days = [d for d in r.data.params.get("eval.days", "").split(",") if d]
+        out.append({"run_id": r.info.run_id, "start_time": int(r.info.start_time), "days": days,
+                    "metrics": {k: float(r.data.metrics[k]) for k in metrics if k in r.data.metrics}})
+    return out[:limit][::-1]

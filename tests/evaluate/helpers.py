@@ -16,10 +16,11 @@ DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
 CARD = 6  # ids of sparse feature "c0"; id 0 is rare, so min_slice_count drops it
 
 
-def schema() -> Schema:
+def schema(c0_rows: int = CARD) -> Schema:
+    """The data's schema; ``c0_rows < CARD`` describes an older, smaller vocabulary of ``c0``."""
     return Schema(name="tiny", label=LabelSpec("label"),
                   dense=(DenseFeature("x0", transform="none"), DenseFeature("x1", transform="none")),
-                  sparse=(SparseFeature("c0", num_embeddings=CARD), SparseFeature("c1", num_embeddings=4)))
+                  sparse=(SparseFeature("c0", num_embeddings=c0_rows), SparseFeature("c1", num_embeddings=4)))
 
 
 def _rows(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -46,12 +47,15 @@ def _batch(rows: dict[str, np.ndarray]) -> Batch:
                  offsets=torch.arange(2 * n + 1, dtype=torch.int64), labels=torch.from_numpy(rows["label"]))
 
 
-def make_model_dir(path: str, *, train_steps: int = 0, seed: int = 0) -> str:
-    """A tiny DLRM saved to ``path``: random (``train_steps=0``) or fitted for a few full-batch Adagrad steps."""
+def make_model_dir(path: str, *, train_steps: int = 0, seed: int = 0, c0_rows: int = CARD) -> str:
+    """A tiny DLRM saved to ``path``: random (``train_steps=0``) or fitted for a few full-batch Adagrad steps;
+    ``c0_rows < CARD``: trained on yesterday's smaller vocabulary (``c0`` ids >= c0_rows seen as missing, 0)."""
     torch.manual_seed(seed)
-    model = dlrm(schema(), embedding_dim=4, bottom=(8, 4), top=(8,))
+    model = dlrm(schema(c0_rows), embedding_dim=4, bottom=(8, 4), top=(8,))
     if train_steps:
-        batch = _batch(_rows(2000, seed=100 + seed))
+        rows = _rows(2000, seed=100 + seed)
+        rows["c0"] = np.where(rows["c0"] < c0_rows, rows["c0"], 0)
+        batch = _batch(rows)
         opt = torch.optim.Adagrad(model.parameters(), lr=0.1)  # embeddings give sparse grads
         for _ in range(train_steps):
             opt.zero_grad()
@@ -59,4 +63,4 @@ def make_model_dir(path: str, *, train_steps: int = 0, seed: int = 0) -> str:
             loss.backward()
             opt.step()
     os.makedirs(path, exist_ok=True)
-    return save_model(model, path, schema=schema())
+    return save_model(model, path, schema=schema(c0_rows))

@@ -154,6 +154,8 @@ def test_champion_resolved_from_registry_alias(world, tmp_path, monkeypatch):
                  output_dir=str(tmp_path / "b"))
     blessing = json.load(open(res.outputs["blessing"]))
     assert blessing["rule"] == "champion_comparison" and blessing["champion"]["version"] == "1"
+    assert blessing["compared_champion"] == {"kind": "registry", "name": "ctr", "version": "1",
+                                             "fingerprint": ev.model_fingerprint(world["random"])}
     assert res.metrics["eval/delta/auc"] > 0  # trained challenger vs random champion
 
 

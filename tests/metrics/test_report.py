@@ -62,3 +62,40 @@ def test_update_errors_name_the_missing_piece():
         acc.report()
     with pytest.raises(ValueError, match="baseline 'c'"):
         acc.report(baseline="c")
+
+
+def test_weighted_slices_match_naive_loop_and_merge_equals_one_stream():
+    """Per-slice summaries of weighted rows vs a naive mask loop: top ``max_slices`` by count (ties: smaller
+    key), non-contiguous key values, display names, ``min_slice_count``; two merged shards == one stream."""
+    g = torch.Generator().manual_seed(4)
+    n = 2000
+    y = (torch.rand(n, generator=g) < 0.25).double()
+    p = torch.round(torch.sigmoid(torch.randn(n, generator=g, dtype=torch.float64) + y - 1.0) * 50) / 50  # ties
+    w = 0.5 + torch.rand(n, generator=g, dtype=torch.float64)
+    keys = torch.randint(0, 7, (n,), generator=g)
+    keys[keys == 6] = 100  # a non-contiguous key value
+    opts = ReportOptions(max_slices=4, min_slice_count=1, bootstrap_samples=0)
+    names = {"c1": {100: "hundred"}}
+    one = EvalAccumulator(["m"], ["c1"])
+    for chunk in torch.split(torch.arange(n), 300):
+        one.update(y[chunk], {"m": p[chunk]}, {"c1": keys[chunk]}, weights=w[chunk])
+    got = one.report(opts, key_names=names)["metrics"]["m"]["slices"]["c1"]
+    counts = {int(k): int((keys == k).sum()) for k in keys.unique()}
+    top = sorted(counts, key=lambda k: (-counts[k], k))[:4]
+    label = {k: ("hundred" if k == 100 else str(k)) for k in top}
+    assert list(got) == [label[k] for k in top]
+    for k in top:
+        mask = keys == k
+        for metric, v in summary(p[mask], y[mask], w[mask]).items():
+            assert got[label[k]][metric] == pytest.approx(v, abs=TOL)
+    none = one.report(ReportOptions(min_slice_count=10 ** 6, bootstrap_samples=0))
+    assert none["metrics"]["m"]["slices"]["c1"] == {}
+    a, b = EvalAccumulator(["m"], ["c1"]), EvalAccumulator(["m"], ["c1"])
+    a.update(y[:500], {"m": p[:500]}, {"c1": keys[:500]}, weights=w[:500])
+    b.update(y[500:], {"m": p[500:]}, {"c1": keys[500:]}, weights=w[500:])
+    merged = a.merge(b).report(opts, key_names=names)["metrics"]["m"]["slices"]["c1"]
+    assert list(merged) == list(got)
+    for name in got:
+        assert merged[name] == pytest.approx(got[name], abs=TOL)
+    with pytest.raises(ValueError, match="cannot merge"):
+        a.merge(EvalAccumulator(["m", "x"], ["c1"]))

@@ -1,4 +1,4 @@
-"""Streaming == batch, merge == concatenation, state_dict round trips, slices vs naive loops."""
+"""Streaming == batch, merge == concatenation, state_dict round trips, distributed sync."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recpipe.metrics import (AUC, Calibration, Count, LabelRate, LogLoss, MeanPrediction, MetricCollection,
-                             NormalizedEntropy, SlicedMetrics, StreamingMetric, functional as F, summary)
+                             NormalizedEntropy, StreamingMetric, functional as F, summary)
 
 TOL = 1e-12  # float64 sums of a few thousand rows, accumulated in different orders
 
@@ -76,38 +76,6 @@ def test_collection_keys_values_and_merge():
     assert light.auc is None and set(light.compute()) == {"eval/logloss", "eval/count"}
     with pytest.raises(ValueError, match="unknown metrics"):
         MetricCollection(metrics=("auc", "acc"))
-
-
-def test_sliced_metrics_match_naive_loop():
-    p, y, w = _rows(n=2000, seed=4)
-    keys = torch.randint(0, 7, (len(p),), generator=torch.Generator().manual_seed(1))
-    keys[keys == 6] = 100  # a non-contiguous key value
-    s = SlicedMetrics("C1", max_slices=4, min_count=1)
-    for chunk in torch.split(torch.arange(len(p)), 300):
-        s.update(p[chunk], y[chunk], w[chunk], keys=keys[chunk])
-    got = s.compute(key_names={100: "hundred"})
-    counts = {int(k): int((keys == k).sum()) for k in keys.unique()}
-    top = sorted(counts, key=lambda k: (-counts[k], k))[:4]
-    assert list(got) == [("hundred" if k == 100 else str(k)) for k in top]
-    for k in top:
-        mask = keys == k
-        ref = summary(p[mask], y[mask], w[mask])
-        name = "hundred" if k == 100 else str(k)
-        for metric, v in ref.items():
-            assert got[name][metric] == pytest.approx(v, abs=TOL)
-    # min_count drops small slices; merge == one stream
-    s2 = SlicedMetrics("C1", max_slices=100, min_count=10**6)
-    s2.update(p, y, w, keys=keys)
-    assert s2.compute() == {}
-    a, b = SlicedMetrics("C1", max_slices=4), SlicedMetrics("C1", max_slices=4)
-    a.update(p[:500], y[:500], w[:500], keys=keys[:500])
-    b.update(p[500:], y[500:], w[500:], keys=keys[500:])
-    merged = a.merge(b).compute(key_names={100: "hundred"})
-    assert list(merged) == list(got)
-    for name in got:
-        assert merged[name] == pytest.approx(got[name], abs=TOL)
-    with pytest.raises(ValueError, match="keys"):
-        s.update(p, y, w)
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
