@@ -29,6 +29,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -46,6 +47,8 @@ from recpipe.schema import SCHEMA_VERSION, Schema
 from recpipe.tasks.base import Result, step_tracker, write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.train.checkpoint import warm_start as load_warm_start
+from recpipe.train.distributed import (DistInfo, EqualShards, GradientSync, broadcast_model, init_from_env,
+                                      is_main_process)
 from recpipe.train.incremental import (IncrementalConfig, IncrementalTrainer, manifest_table_sizes,
                                        parquet_day_factory)
 from recpipe.train.loop import Trainer, TrainConfig, resolve_device
@@ -76,6 +79,9 @@ class TrainTaskConfig(JsonConfig):
         stream: settings of the incremental driver (checkpoint cadence, follow mode ...).
         days: days to train on (empty = every day present, minus those the warm-start model saw).
         shuffle_window: plain mode only: bounded shuffle window in batches (0 = time order).
+        distributed: data-parallel under ``torchrun`` (``RANK``/``WORLD_SIZE`` from the environment; gloo on
+            CPU, NCCL on GPU): each rank reads its shard, gradients are averaged, rank 0 writes the model,
+            checkpoints and tracker logs (see :mod:`recpipe.train.distributed`).
     """
 
     arch: str = "dlrm"
@@ -87,6 +93,7 @@ class TrainTaskConfig(JsonConfig):
     stream: IncrementalConfig = field(default_factory=IncrementalConfig)
     days: tuple[str, ...] = ()
     shuffle_window: int = 0
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         if self.spec is None and self.arch not in PRESETS:
@@ -200,6 +207,13 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
         warm-start source, per-day prequential results.
     """
     tracker = tracker if tracker is not None else MemoryTracker("train")
+    dist_info = init_from_env() if cfg.distributed else DistInfo()
+    if dist_info.world_size > 1:
+        if not is_main_process():
+            tracker = MemoryTracker(f"train-rank{dist_info.rank}")  # rank 0 alone logs to the real tracker
+        if cfg.trainer.device in ("auto", "cuda"):
+            cfg = cfg.replace(trainer=cfg.trainer.replace(device=dist_info.device))
+    sync = [GradientSync()] if dist_info.world_size > 1 else []
     schema = dataset_schema(dataset_root)
     with tempfile.TemporaryDirectory(prefix="recpipe-warm-") as scratch:
         warm_dir, warm_desc = resolve_warm_start(warm_start, scratch)
@@ -218,8 +232,12 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
     preq: dict[str, dict[str, float]] = {}
     metrics: dict[str, float] = {}
     if cfg.incremental:
-        inc = IncrementalTrainer(model, cfg.trainer, cfg.stream, parquet_day_factory(dataset_root, schema),
-                                 prune=cfg.prune, tracker=tracker, feature_names=schema.sparse_names)
+        inc = IncrementalTrainer(model, cfg.trainer, cfg.stream,
+                                 parquet_day_factory(dataset_root, schema, rank=dist_info.rank,
+                                                     world_size=dist_info.world_size),
+                                 prune=cfg.prune, tracker=tracker, feature_names=schema.sparse_names, callbacks=sync)
+        if sync:
+            broadcast_model(inc.model)
         if pruner_state is not None:
             inc.pruner.load_state_dict(pruner_state, source=f"{warm_dir}/{PRUNER_FILE}")
         if cfg.stream.follow:  # open-ended: every day after the warm-start model's, as they land
@@ -237,27 +255,33 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
         pruner = Pruner(model, cfg.prune)
         if pruner_state is not None:
             pruner.load_state_dict(pruner_state, source=f"{warm_dir}/{PRUNER_FILE}")
-        trainer = Trainer(model, cfg.trainer, tracker, [PruningCallback(pruner)] if pruner.enabled else [])
+        trainer = Trainer(model, cfg.trainer, tracker, ([PruningCallback(pruner)] if pruner.enabled else []) + sync)
         trained, rows, last_loss = list(todo), 0, float("nan")
         if todo:
             loader = ParquetLoader(dataset_root, LoaderConfig(batch_size=cfg.trainer.batch_size,
                                                               shuffle_window=cfg.shuffle_window,
-                                                              seed=cfg.trainer.seed), schema=schema, days=todo)
+                                                              seed=cfg.trainer.seed), schema=schema, days=todo,
+                                   rank=dist_info.rank, world_size=dist_info.world_size)
+            if sync:
+                loader = EqualShards(loader, dist_info.world_size)
             summary = trainer.fit(loader, checkpoint_dir=checkpoint_dir, resume=True)
             rows, last_loss = trainer.state.examples, summary.last_loss
             metrics.update(summary.metrics())
         model = trainer.model
+    if sync:
+        rows = _sum_over_ranks(rows)  # each rank counted its own shard
     metrics.update({"train/loss": last_loss, "train/rows": float(rows), "train/days": float(len(trained))})
 
     all_days = prior_days + [d for d in trained if d not in prior_days]
     extra = {"days_trained": all_days, "last_day": all_days[-1] if all_days else None,
              "days_this_run": trained, "rows_this_run": rows, "warm_start": warm_desc,
              "prune": cfg.prune.to_dict(), "incremental": cfg.incremental}
-    save_model(model, model_dir, schema=schema, extra=extra)
+    if is_main_process():  # every rank holds the same weights; one writes
+        save_model(model, model_dir, schema=schema, extra=extra)
     state = model.state_dict()
     metrics["model/bytes"] = float(sum(t.numel() * t.element_size() for t in state.values()))
     outputs = {"model_dir": model_dir}
-    if pruner.enabled:
+    if pruner.enabled and is_main_process():
         torch.save(pruner.state_dict(), os.path.join(model_dir, PRUNER_FILE))
         report = export_compact(state, [f"{n}.weight" for n in pruner.masks], os.path.join(model_dir, COMPACT_FILE),
                                 meta={"spec": spec.to_dict(), "sparsity": pruner.layer_sparsity()})
@@ -278,8 +302,16 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
                 "mode": "incremental" if cfg.incremental else "plain", "preq_by_day": preq,
                 "mlflow_run_id": getattr(tracker, "run_id", None)}
     result = Result(metrics=metrics, metadata=metadata, outputs=outputs)
-    write_json(os.path.join(model_dir, RESULT_FILE), result.to_dict())
+    if is_main_process():
+        write_json(os.path.join(model_dir, RESULT_FILE), result.to_dict())
+        tracker.log_artifact(model_dir, "model")  # the trained model travels with its MLflow run
     return result
+
+
+def _sum_over_ranks(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.int64)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
 
 
 def main(argv: Sequence[str] | None = None) -> Result:
@@ -293,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
     ap.add_argument("--warm-start", default=None, help="model dir or models:/<name>@<alias>")
     ap.add_argument("--checkpoint-dir", default=None, help="checkpoints; re-running resumes from here")
     ap.add_argument("--follow", action="store_true", help="keep polling for new day partitions")
+    ap.add_argument("--distributed", action="store_true", help="data-parallel under torchrun (env RANK/WORLD_SIZE)")
     args = ap.parse_args(argv)
     text = args.config
     if text and os.path.isfile(text):
@@ -301,8 +334,12 @@ def main(argv: Sequence[str] | None = None) -> Result:
     cfg = TrainTaskConfig.from_json(text)
     if args.follow:
         cfg = cfg.replace(stream=cfg.stream.replace(follow=True))
+    if args.distributed:
+        cfg = cfg.replace(distributed=True)
+        init_from_env()
     days = [d for d in args.days.split(",") if d] or None
-    with step_tracker("train") as tracker:
+    ctx = step_tracker("train") if is_main_process() else contextlib.nullcontext(MemoryTracker("train"))
+    with ctx as tracker:
         result = run(cfg, dataset_root=args.dataset_root, model_dir=args.model_dir, days=days,
                      before_day=args.before_day, warm_start=args.warm_start, checkpoint_dir=args.checkpoint_dir,
                      tracker=tracker)

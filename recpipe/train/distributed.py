@@ -13,9 +13,11 @@ With equal per-rank batches, W ranks of batch B/W compute exactly the gradient o
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -74,10 +76,7 @@ class GradientSync(Callback):
         self.group = group
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        # identical starting weights everywhere (seeds may differ, warm starts may race)
-        with torch.no_grad():
-            for t in list(trainer.model.parameters()) + list(trainer.model.buffers()):
-                dist.broadcast(t.data, src=0, group=self.group)
+        broadcast_model(trainer.model, self.group)
 
     def after_backward(self, trainer: Trainer) -> None:
         world = dist.get_world_size(self.group)
@@ -130,6 +129,42 @@ class GradientSync(Callback):
         val = torch.cat([v[: int(c)] for v, c in zip(all_vals, counts)]) / world
         # (sum over ranks) / world, duplicates across ranks summed by coalesce in a fixed rank order
         return torch.sparse_coo_tensor(idx.unsqueeze(0), val, grad.shape).coalesce()
+
+
+def broadcast_model(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Copies rank 0's parameters and buffers to every rank (identical start whatever each rank loaded)."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0, group=group)
+
+
+def is_main_process() -> bool:
+    """True outside torch.distributed and on global rank 0: the process that writes files and logs."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class EqualShards:
+    """Wraps a rank's sharded loader so every rank yields the SAME number of batches (the minimum over ranks).
+
+    Data-parallel steps pair up collectives across ranks; a rank with one batch more would wait forever. The
+    few tail batches that not every rank has (at most world_size - 1 per pass) are skipped, and counted in the
+    log. ``state_dict``/``load_state_dict`` and other attributes pass through to the loader.
+    """
+
+    def __init__(self, loader: Any, world_size: int) -> None:
+        self.loader = loader
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[Any]:
+        counts = [self.loader.num_batches(r) for r in range(self.world_size)]
+        limit = min(counts)
+        if max(counts) > limit:
+            logger.info("equal shards: %d tail batch(es) skipped so all %d ranks step together",
+                        sum(counts) - limit * self.world_size, self.world_size)
+        return itertools.islice(iter(self.loader), limit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 def cleanup() -> None:

@@ -37,11 +37,12 @@ from recpipe.config import JsonConfig
 from recpipe.data.batch import Batch
 from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.data.parquet_io import list_days
-from recpipe.metrics.streaming import AUC, Moments
+from recpipe.metrics.streaming import AUC, Moments, sync_distributed
 from recpipe.schema import Schema
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.train.checkpoint import CheckpointManager
-from recpipe.train.loop import Trainer, TrainConfig, resolve_device, seed_everything
+from recpipe.train.distributed import EqualShards, is_main_process
+from recpipe.train.loop import Callback, Trainer, TrainConfig, resolve_device, seed_everything
 from recpipe.train.pruning import PruneConfig, Pruner, PruningCallback
 
 DayLoaderFactory = Callable[[str, int], Any]
@@ -93,13 +94,18 @@ def list_day_partitions(root: str | os.PathLike[str]) -> list[str]:
 
 
 def parquet_day_factory(root: str | os.PathLike[str], schema: Schema | None = None,
-                        validate_ids: bool = True) -> DayLoaderFactory:
-    """A :data:`DayLoaderFactory` over processed Parquet: one :class:`ParquetLoader` per day, time-ordered."""
+                        validate_ids: bool = True, rank: int = 0, world_size: int = 1) -> DayLoaderFactory:
+    """A :data:`DayLoaderFactory` over processed Parquet: one :class:`ParquetLoader` per day, time-ordered.
+
+    With ``world_size > 1`` each rank reads its shard of the day, and every rank yields the same number of
+    batches (:class:`recpipe.train.distributed.EqualShards`) so data-parallel steps pair up.
+    """
     root = os.fspath(root)
 
-    def open_day(day: str, batch_size: int) -> ParquetLoader:
-        return ParquetLoader(root, LoaderConfig(batch_size=batch_size, validate_ids=validate_ids), schema=schema,
-                             days=[day])
+    def open_day(day: str, batch_size: int) -> Any:
+        loader = ParquetLoader(root, LoaderConfig(batch_size=batch_size, validate_ids=validate_ids), schema=schema,
+                               days=[day], rank=rank, world_size=world_size)
+        return EqualShards(loader, world_size) if world_size > 1 else loader
 
     return open_day
 
@@ -215,11 +221,14 @@ def evaluate_stream(model: nn.Module, batches: Iterable[Batch], device: torch.de
     was_training = model.training
     model.eval()
     moments, auc = Moments(), AUC()
-    for b in batches:
-        b = b.to(device)
-        p = torch.sigmoid(model(b).float())  # (B,)
-        moments.update(p.cpu(), b.labels.cpu())
-        auc.update(p.cpu(), b.labels.cpu())
+    with torch.no_grad():
+        for b in batches:
+            b = b.to(device)
+            p = torch.sigmoid(model(b).float())  # (B,)
+            moments.update(p.cpu(), b.labels.cpu())
+            auc.update(p.cpu(), b.labels.cpu())
+    sync_distributed(moments)  # data-parallel: every rank scored its shard; no-op in one process
+    sync_distributed(auc)
     model.train(was_training)
     m = moments.metrics()
     return {"ne": m["ne"], "auc": auc.compute() if m["count"] else float("nan"), "logloss": m["logloss"],
@@ -268,15 +277,15 @@ class IncrementalTrainer:
 
     def __init__(self, model: nn.Module, train_cfg: TrainConfig, cfg: IncrementalConfig, open_day: DayLoaderFactory,
                  *, prune: PruneConfig | None = None, tracker: Tracker | None = None,
-                 feature_names: Sequence[str] | None = None) -> None:
+                 feature_names: Sequence[str] | None = None, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.train_cfg = train_cfg
         self.open_day = open_day
         self.tracker: Tracker = tracker if tracker is not None else MemoryTracker("incremental")
         model = model.to(resolve_device(train_cfg.device))  # before the pruner makes masks on the model's device
         self.pruner = Pruner(model, prune or PruneConfig())
-        callbacks = [PruningCallback(self.pruner)] if self.pruner.enabled else []
-        self.trainer = Trainer(model, train_cfg, self.tracker, callbacks)
+        hooks = ([PruningCallback(self.pruner)] if self.pruner.enabled else []) + list(callbacks)
+        self.trainer = Trainer(model, train_cfg, self.tracker, hooks)
         self.model = self.trainer.model
         schema = getattr(model, "schema", None)
         if feature_names is None and schema is not None:
@@ -287,7 +296,7 @@ class IncrementalTrainer:
 
     # ------------------------------------------------------------------ pieces
     def _save(self, manager: CheckpointManager | None, loader: Any) -> None:
-        if manager is None:
+        if manager is None or not is_main_process():  # data-parallel ranks hold identical state: rank 0 writes
             return
         self.state.cursor = loader.state_dict() if loader is not None else None
         payload = self.trainer.checkpoint_payload(loader)
