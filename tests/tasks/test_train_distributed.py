@@ -2,46 +2,33 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from recpipe.models import load_model
 from tests.tasks.test_train_task import SMALL
+from tests.train.gloo import spawn
 from tests.train.test_incremental import DAYS, ROWS, write_days
 
 WORLD = 2
 
 
-def _worker(rank: int, port: int, root: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+def _worker(rank: int, root: str, out: str) -> None:
     from recpipe.tasks import train as train_task
-    from recpipe.train.distributed import cleanup
 
     cfg = train_task.TrainTaskConfig.from_dict({**SMALL, "distributed": True})
     result = train_task.run(cfg, dataset_root=root, model_dir=os.path.join(out, "model"))
     model = result.outputs["model_dir"]
     torch.save({"rows": result.metrics["train/rows"], "preq_ne": result.metrics["preq/ne"],
                 "state": load_model(model).state_dict() if rank == 0 else None}, os.path.join(out, f"r{rank}.pt"))
-    # every rank's in-memory weights, to compare replicas
-    cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_rank_train_step_writes_one_model_and_counts_every_rank(tmp_path):
     root = str(tmp_path / "data")
     write_days(root)
-    mp.start_processes(_worker, args=(_free_port(), root, str(tmp_path)), nprocs=WORLD, start_method="spawn",
-                       join=True)
+    spawn(_worker, WORLD, root, str(tmp_path))
     r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
     total = len(DAYS) * ROWS
     batch = SMALL["trainer"]["batch_size"]

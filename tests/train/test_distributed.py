@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from recpipe.models import dlrm
 from recpipe.train.loop import TrainConfig, Trainer
 from recpipe.train.optim import OptimConfig
+from tests.train.gloo import spawn
 from tests.train.synthetic import NUM_DENSE, TABLE_SIZES, make_rows, to_batches
 
 WORLD = 2
@@ -32,10 +31,8 @@ def _model():
     return dlrm(TABLE_SIZES, num_dense=NUM_DENSE, embedding_dim=8, bottom=(16,), top=(16,))
 
 
-def _worker(rank: int, port: int, out_dir: str, cfg_name: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
-    from recpipe.train.distributed import GradientSync, cleanup, init_from_env
+def _worker(rank: int, out_dir: str, cfg_name: str) -> None:
+    from recpipe.train.distributed import GradientSync, init_from_env
 
     info = init_from_env()
     assert info.world_size == WORLD and info.rank == rank and info.device == "cpu"
@@ -47,20 +44,12 @@ def _worker(rank: int, port: int, out_dir: str, cfg_name: str) -> None:
         model.load_state_dict(_model().state_dict())
     Trainer(model, CONFIGS[cfg_name], callbacks=[GradientSync()]).fit(mine)
     torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
-    cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg_name", sorted(CONFIGS))
 def test_two_process_gloo_matches_single_process(tmp_path, cfg_name):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), cfg_name), nprocs=WORLD, start_method="spawn",
-                       join=True)
+    spawn(_worker, WORLD, str(tmp_path), cfg_name)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     for k in r0:  # replicas stay identical
