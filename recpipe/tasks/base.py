@@ -87,3 +87,21 @@ def model_fingerprint(model_dir: str | os.PathLike[str]) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
+
+
+def config_from_arg(cls: type, text: str | None) -> Any:
+    """A step's ``--config`` value: empty (defaults), JSON text, or a JSON file given as ``path`` or ``@path``."""
+    text = (text or "").strip()
+    if not text:
+        return cls()
+    path = text[1:] if text.startswith("@") else text
+    if text.startswith("@") or (not text.startswith("{") and os.path.isfile(path)):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return cls.from_dict(json.load(fh))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {path}: cannot read a JSON config: {e}") from e
+    try:
+        return cls.from_json(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config: neither a JSON object nor an existing file: {e}") from e

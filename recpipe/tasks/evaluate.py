@@ -42,7 +42,7 @@ from recpipe.metrics.gate import GateConfig, Override, decide
 from recpipe.metrics.report import EvalAccumulator, ReportOptions, flat_metrics
 from recpipe.models import load_model
 from recpipe.quant import is_quantized_model_dir, load_quantized_model
-from recpipe.tasks.base import Result, model_fingerprint, read_json, step_tracker, write_json
+from recpipe.tasks.base import Result, config_from_arg, model_fingerprint, read_json, step_tracker, write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.tracking.plots import (evaluation_figures, figure_png, metric_history_figure, report_html,
                                     report_markdown)
@@ -429,7 +429,7 @@ def run(cfg: EvaluateConfig, *, model_dir: str, dataset_root: str, days: Sequenc
 def main(argv: Sequence[str] | None = None) -> Result:
     """CLI: ``python -m recpipe.tasks.evaluate --model-dir M --dataset-root D --output-dir O [...]``."""
     ap = argparse.ArgumentParser(prog="recpipe evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="", help="EvaluateConfig as JSON")
+    ap.add_argument("--config", default="", help="EvaluateConfig as JSON text, or a JSON file (path or @path)")
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--dataset-root", required=True)
     ap.add_argument("--days", default="", help="comma-separated ISO days (default: all)")
@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
     ap.add_argument("--override-reason", default=None, help="manual gate override: why")
     ap.add_argument("--override-decision", default="pass", choices=("pass", "fail"))
     args = ap.parse_args(argv)
-    cfg = EvaluateConfig.from_json(args.config)
+    cfg = config_from_arg(EvaluateConfig, args.config)
     if args.override_by or args.override_reason:
         cfg = cfg.replace(gate=cfg.gate.replace(override=Override(args.override_by or "", args.override_reason or "",
                                                                   args.override_decision)))

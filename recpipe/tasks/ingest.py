@@ -19,7 +19,7 @@ from recpipe.config import JsonConfig
 from recpipe.ingest.driver import ENGINES, DayReport, ingest
 from recpipe.ingest.options import INPUT_FORMATS, IngestOptions
 from recpipe.schema import SPARSE_ENCODINGS, Schema, criteo_schema
-from recpipe.tasks.base import Result
+from recpipe.tasks.base import Result, config_from_arg, step_tracker, write_json
 from recpipe.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
@@ -164,18 +164,13 @@ def _day_metrics(r: DayReport) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m recpipe.tasks.ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="{}", help="IngestConfig as JSON, or @path to a JSON file")
+    p.add_argument("--config", default="{}", help="IngestConfig as JSON text, or a JSON file (path or @path)")
     p.add_argument("--inputs", nargs="+", required=True, help="raw files, globs or directories")
     p.add_argument("--dataset-root", required=True)
     p.add_argument("--day", default=None, help="YYYY-MM-DD of every input (default: from file names)")
     p.add_argument("--result", default=None, help="write the Result as JSON here")
     args = p.parse_args(argv)
-    text = args.config
-    if text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as fh:
-            text = fh.read()
-    cfg = IngestConfig.from_json(text)
-    from recpipe.tasks.base import step_tracker, write_json
+    cfg = config_from_arg(IngestConfig, args.config)
 
     with step_tracker("ingest") as tracker:
         result = run(cfg, inputs=args.inputs, dataset_root=args.dataset_root, day=args.day, tracker=tracker)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from recpipe.config import JsonConfig
-from recpipe.tasks.base import Result, model_fingerprint, read_json, step_tracker
+from recpipe.tasks.base import Result, config_from_arg, model_fingerprint, read_json, step_tracker
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.tracking.registry import CHAMPION, DEFAULT_MODEL_NAME, FINGERPRINT_TAG, ModelRegistry, VersionInfo
 
@@ -210,13 +210,13 @@ def run(cfg: PromoteConfig, *, blessing_path: str | None, model_dir: str | None,
 def main(argv: Sequence[str] | None = None) -> Result:
     """CLI: ``python -m recpipe.tasks.promote --blessing B --model-dir M`` or ``--rollback [--reason R]``."""
     ap = argparse.ArgumentParser(prog="recpipe promote", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="", help="PromoteConfig as JSON")
+    ap.add_argument("--config", default="", help="PromoteConfig as JSON text, or a JSON file (path or @path)")
     ap.add_argument("--blessing", default=None, help="blessing.json written by the evaluate step")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--rollback", action="store_true", help="swap champion and previous aliases")
     ap.add_argument("--reason", default=None, help="recorded with the promotion / rollback")
     args = ap.parse_args(argv)
-    cfg = PromoteConfig.from_json(args.config)
+    cfg = config_from_arg(PromoteConfig, args.config)
     if args.reason:
         cfg = cfg.replace(reason=args.reason)
     if not args.rollback and not (args.blessing and args.model_dir):

@@ -44,7 +44,7 @@ from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.data.parquet_io import day_files, list_days, read_schema
 from recpipe.models import PRESETS, ArchSpec, build_model, read_model_config, save_model
 from recpipe.schema import SCHEMA_VERSION, Schema
-from recpipe.tasks.base import Result, step_tracker, write_json
+from recpipe.tasks.base import Result, config_from_arg, step_tracker, write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.train.checkpoint import warm_start as load_warm_start
 from recpipe.train.distributed import (DistInfo, EqualShards, GradientSync, broadcast_model, init_from_env,
@@ -327,11 +327,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
     ap.add_argument("--follow", action="store_true", help="keep polling for new day partitions")
     ap.add_argument("--distributed", action="store_true", help="data-parallel under torchrun (env RANK/WORLD_SIZE)")
     args = ap.parse_args(argv)
-    text = args.config
-    if text and os.path.isfile(text):
-        with open(text, encoding="utf-8") as fh:
-            text = fh.read()
-    cfg = TrainTaskConfig.from_json(text)
+    cfg = config_from_arg(TrainTaskConfig, args.config)
     if args.follow:
         cfg = cfg.replace(stream=cfg.stream.replace(follow=True))
     if args.distributed:
