@@ -10,24 +10,33 @@ part built three ways (the dense part is identical: Adagrad on the MLPs):
 * ``plain per-table``: a list of ``nn.EmbeddingBag(sparse=True)`` and ``torch.optim.Adagrad`` (the classic
   plain-PyTorch DLRM).
 
-This is a standalone model, not recpipe's Trainer (the lead wires the fused op into it when
-``cuda_kernels_loaded()``); it measures the same kernels and optimizer math the trainer will run.
+``--trainer`` measures recpipe itself end to end instead: :class:`recpipe.train.Trainer` on a
+:class:`recpipe.models.GraphModel` DLRM (``TrainConfig.fused_embedding_update="on"``: op lookup, row-wise
+Adagrad inside backward; and ``"off"``: op lookup, sparse gradient, ``RowWiseAdagrad.step``) against a
+plain-PyTorch DLRM of the same configuration (per-table ``nn.EmbeddingBag(sparse=True)`` +
+``torch.optim.Adagrad``, the same MLPs / interaction, started from the GraphModel's own weights so the first
+loss must agree), on the same device-resident batches, after warm-up steps, timed with ``cuda.synchronize``
+around the whole timed run (so host overhead of the loop counts).
 
-    python benchmarks/train_gpu.py [--smoke]
+    python benchmarks/train_gpu.py [--smoke] [--trainer]
 """
 from __future__ import annotations
 
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import recpipe.ops
-from recpipe.ops import embedding_bag as eb
 from ops_gpu import device_name, time_ms
+from recpipe.data.batch import Batch
+from recpipe.models import GraphModel, dlrm
+from recpipe.ops import embedding_bag as eb
+from recpipe.train import OptimConfig, TrainConfig, Trainer
 
 ROTATIONS = 3
 LR_SPARSE = 0.01
@@ -151,10 +160,149 @@ def run(s: Setup, device: str, kind: str, steps: int) -> float:
     return time_ms(step, reps=steps, warmup=3)
 
 
+# ------------------------------------------------------------------------------- recpipe Trainer vs plain
+FIRST_LOSS_TOL = 1e-4
+"""First-step losses of the two models (same weights, same batch) differ only by summation order / TF32."""
+TRAINER_WARMUP = 3
+
+
+class PlainDLRM(nn.Module):
+    """The plain-PyTorch DLRM with a GraphModel DLRM's configuration and (copied) initial weights.
+
+    Bottom MLP (ReLU after every layer) -> (B, D); per-table ``nn.EmbeddingBag(sparse=True)`` -> (B, F, D); dot
+    interaction of the F + 1 fields (upper triangle); top MLP (ReLU after every layer) on [bottom, dots]; a last
+    Linear -> logit. Bags must all have ``pooling`` ids (the benchmark's batches do).
+    """
+
+    def __init__(self, graph: GraphModel, s: Setup) -> None:
+        super().__init__()
+        self.bottom = _plain_mlp(graph.blocks[0].op)
+        self.top = _plain_mlp(graph.blocks[2].op)
+        self.out = nn.Linear(graph.out.in_features, 1)
+        self.out.load_state_dict(graph.out.state_dict())
+        w, starts = graph.embedding.weight.detach(), graph.embedding.table_offsets.tolist()
+        self.tables = nn.ModuleList(
+            nn.EmbeddingBag.from_pretrained(w[starts[f]: starts[f + 1]].clone(), freeze=False, mode="sum",
+                                            sparse=True) for f in range(s.num_tables))
+        fields = s.num_tables + 1
+        self.register_buffer("triu", torch.triu_indices(fields, fields, offset=1, device=w.device),
+                             persistent=False)
+        self.register_buffer("bag_offsets", torch.arange(s.batch, device=w.device) * s.pooling, persistent=False)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = self.bottom(batch.dense)  # (B, D)
+        per = batch.indices.view(len(self.tables), -1)  # (F, B * L)
+        pooled = torch.stack([t(per[f], self.bag_offsets) for f, t in enumerate(self.tables)], dim=1)  # (B, F, D)
+        fields = torch.cat([x[:, None], pooled], dim=1)  # (B, F + 1, D)
+        dots = torch.bmm(fields, fields.transpose(1, 2))  # (B, F + 1, F + 1)
+        inter = dots[:, self.triu[0], self.triu[1]]  # (B, (F + 1) F / 2)
+        return self.out(self.top(torch.cat([x, inter], dim=1))).squeeze(1)  # (B,)
+
+
+def _plain_mlp(src: nn.Module) -> nn.Sequential:
+    """nn.Sequential(Linear, ReLU, ...) holding copies of the Linear layers of ``src`` (ReLU after each)."""
+    layers: list[nn.Module] = []
+    for lin in (m for m in src.modules() if isinstance(m, nn.Linear)):
+        copy = nn.Linear(lin.in_features, lin.out_features, device=lin.weight.device)
+        copy.load_state_dict(lin.state_dict())
+        layers += [copy, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def make_batch_objects(s: Setup, device: str) -> list[Batch]:
+    return [Batch(dense=d, indices=i, offsets=o, labels=y) for d, i, o, y in make_batches(s, device)]
+
+
+def _synced_seconds(device: str, fn: Callable[[], object]) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _graph_model(s: Setup, device: str) -> GraphModel:
+    torch.manual_seed(0)
+    with torch.device(device):  # parameters are drawn on the device (no host copy of the tables)
+        model = dlrm([s.rows] * s.num_tables, s.num_dense, embedding_dim=s.dim, bottom=s.bottom, top=s.top)
+    model.embedding.validate_indices = False  # the GraphModel knob for data known to be in range (no host sync)
+    return model
+
+
+def run_trainer(s: Setup, device: str, fused: str, steps: int) -> tuple[float, float, bool]:
+    """(samples/s, first loss, fused on?) of recpipe's Trainer on ``steps`` timed steps after warm-up."""
+    batches = make_batch_objects(s, device)
+    cfg = TrainConfig(optim=OptimConfig(dense="adagrad", dense_lr=LR_DENSE, sparse="rowwise_adagrad",
+                                        sparse_lr=LR_SPARSE, eps=EPS),
+                      device=device, log_every=10 ** 9, fused_embedding_update=fused)
+    trainer = Trainer(_graph_model(s, device), cfg)
+    with torch.no_grad():
+        first = float(F.binary_cross_entropy_with_logits(trainer.model(batches[0]), batches[0].labels))
+    trainer.fit([batches[i % ROTATIONS] for i in range(TRAINER_WARMUP)])
+    timed = [batches[i % ROTATIONS] for i in range(steps)]
+    seconds = _synced_seconds(device, lambda: trainer.fit(timed))
+    on = trainer.fused_embedding_update
+    del trainer
+    return steps * s.batch / seconds, first, on
+
+
+def run_plain(s: Setup, device: str, steps: int) -> tuple[float, float]:
+    """(samples/s, first loss) of the plain-PyTorch DLRM on the same batches and initial weights."""
+    batches = make_batch_objects(s, device)
+    model = PlainDLRM(_graph_model(s, device), s)
+    emb_ids = {id(p) for p in model.tables.parameters()}
+    dense_opt = torch.optim.Adagrad([p for p in model.parameters() if id(p) not in emb_ids], lr=LR_DENSE, eps=EPS)
+    sparse_opt = torch.optim.Adagrad(model.tables.parameters(), lr=LR_SPARSE, eps=EPS)
+    with torch.no_grad():
+        first = float(F.binary_cross_entropy_with_logits(model(batches[0]), batches[0].labels))
+
+    def step(batch: Batch) -> None:
+        dense_opt.zero_grad(set_to_none=True)
+        sparse_opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            step(batches[i % ROTATIONS])
+
+    loop(TRAINER_WARMUP)
+    seconds = _synced_seconds(device, lambda: loop(steps))
+    return steps * s.batch / seconds, first
+
+
+def trainer_table(setups: list[Setup], device: str, steps: int) -> None:
+    print(f"\n# recpipe Trainer (GraphModel DLRM) vs plain-PyTorch DLRM on {device_name()}, torch "
+          f"{torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (fp32, TF32 matmuls; "
+          f"{steps} timed steps after {TRAINER_WARMUP} warm-up; synchronized wall time)\n")
+    print("| setup | Trainer path | Trainer fused samples/s | Trainer unfused samples/s | plain DLRM samples/s "
+          "| speed-up fused vs plain | first loss recpipe / plain (equal?) |")
+    print("|---|---|---|---|---|---|---|")
+    for s in setups:
+        fused, loss_r, on = run_trainer(s, device, "on", steps)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        unfused, _, _ = run_trainer(s, device, "off", steps)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        plain, loss_p = run_plain(s, device, steps)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        same = "yes" if abs(loss_r - loss_p) <= FIRST_LOSS_TOL else "NO"
+        print(f"| {s.label} | {'fused' if on else 'NOT fused'} | {fused:,.0f} | {unfused:,.0f} | {plain:,.0f} "
+              f"| {fused / plain:.1f}x | {loss_r:.5f} / {loss_p:.5f} ({same}) |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (script check; runs on the CPU too)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--trainer", action="store_true",
+                        help="recpipe's Trainer (GraphModel DLRM, fused) vs a plain-PyTorch DLRM of the same config")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -168,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
         setups = [Setup(26, 1_000_000, 64, 16384, 1), Setup(26, 1_000_000, 64, 65536, 1),
                   Setup(8, 2_000_000, 128, 16384, 20)]
         steps = args.steps
+    if args.trainer:
+        trainer_table(setups, device, steps)
+        return
     print(f"\n# DLRM training step on {device_name()}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (fp32, TF32 matmuls)\n")
     print("| setup | fused ms/step | fused samples/s | plain flat ms/step | plain per-table ms/step "

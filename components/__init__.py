@@ -233,5 +233,8 @@ def search_architecture(examples: Input[Dataset], best_spec: Output[Artifact], r
         metrics.log_metric(k, v)
 
 
+# the search fan-out components import IMAGE from this package, so they come after it is defined
+from recpipe.components.search import commit_trials, finalize_search, propose_trials, run_trial_batch  # noqa: E402
+
 __all__ = ["IMAGE", "ingest_examples", "train_model", "quantize_embeddings", "evaluate_model", "promote_model",
-           "search_architecture"]
+           "search_architecture", "propose_trials", "run_trial_batch", "commit_trials", "finalize_search"]

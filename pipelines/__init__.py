@@ -11,6 +11,7 @@ placeholder) come from the same code. The module-level objects are the cluster b
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 from kfp import dsl
 
@@ -23,6 +24,7 @@ from recpipe.components import (
     search_architecture,
     train_model,
 )
+from recpipe.components.search import commit_trials, finalize_search, propose_trials, run_trial_batch
 
 
 @dataclass(frozen=True)
@@ -116,24 +118,61 @@ def build_daily_retrain(opts: BuildOptions = BuildOptions()):
     return daily_retrain
 
 
-def build_architecture_search(opts: BuildOptions = BuildOptions()):
-    """Builds the architecture-search pipeline for ``opts``."""
+def build_architecture_search(opts: BuildOptions = BuildOptions(), fanout_generations: int = 0,
+                              trial_batches: int = 4):
+    """Builds the architecture-search pipeline for ``opts``.
 
-    @dsl.pipeline(name="recpipe-architecture-search",
-                  description="AutoCTR search on a day range, full training of the winner, evaluation.")
+    Args:
+        opts: compile-time settings.
+        fanout_generations: 0 runs the whole search in one ``search_architecture`` step (trials in local worker
+            processes). N > 0 unrolls N generations, each ``propose_trials`` → ``dsl.ParallelFor`` over
+            ``trial_batches`` ``run_trial_batch`` pods → ``commit_trials`` (history threaded from generation to
+            generation), then ``finalize_search``. The search stops at its budget (later generations then
+            propose nothing), so set ``evolution.budget <= N * evolution.batch_size`` to spend it all, and
+            ``evolution.batch_size`` a multiple of ``trial_batches`` to fill every slot.
+        trial_batches: ParallelFor width of a fanned-out generation.
+    """
+    if fanout_generations < 0 or trial_batches < 1:
+        raise ValueError(f"build_architecture_search: fanout_generations ({fanout_generations}) must be >= 0 and "
+                         f"trial_batches ({trial_batches}) >= 1")
+    fanout = fanout_generations > 0
+    name = "recpipe-architecture-search" + ("-fanout" if fanout else "")
+    where = f"{fanout_generations} generations x {trial_batches} parallel trial batches" if fanout else "one step"
+    description = f"AutoCTR search ({where}) on a day range, full training of the winner, evaluation."
+
+    @dsl.pipeline(name=name, description=description)
     def architecture_search(raw_inputs: str, dataset_root: str, eval_day: str, search_config: dict = {},
                             train_config: dict = {}, ingest_config: dict = {}, evaluate_config: dict = {},
                             mlflow_parent_run_id: str = ""):
         data = _setup(ingest_examples(raw_inputs=raw_inputs, dataset_root=dataset_root, day="",
                                       config=ingest_config, mlflow_parent_run_id=mlflow_parent_run_id),
                       opts, cache=True)
-        s = _setup(search_architecture(examples=data.outputs["examples"], eval_days=[eval_day],
+        examples = data.outputs["examples"]
+        if not fanout:
+            s = _setup(search_architecture(examples=examples, eval_days=[eval_day], config=search_config,
+                                           mlflow_parent_run_id=mlflow_parent_run_id), opts, gpu=True)
+        else:
+            history = None
+            for g in range(fanout_generations):
+                previous = {} if history is None else {"history": history}
+                p = _setup(propose_trials(examples=examples, config=search_config, trial_batches=trial_batches,
+                                          **previous), opts)
+                p.set_display_name(f"propose-generation-{g}")
+                with dsl.ParallelFor(items=list(range(trial_batches)), parallelism=trial_batches) as batch:
+                    t = _setup(run_trial_batch(proposals=p.outputs["proposals"], batch_index=batch,
+                                               mlflow_parent_run_id=mlflow_parent_run_id), opts, gpu=True)
+                    t.set_display_name(f"trials-generation-{g}")
+                c = _setup(commit_trials(proposals=p.outputs["proposals"],
+                                         outcomes=dsl.Collected(t.outputs["outcomes"]),
+                                         mlflow_parent_run_id=mlflow_parent_run_id), opts)
+                c.set_display_name(f"commit-generation-{g}")
+                history = c.outputs["history"]
+            s = _setup(finalize_search(examples=examples, history=history, eval_days=[eval_day],
                                        config=search_config, mlflow_parent_run_id=mlflow_parent_run_id),
-                   opts, gpu=True)
-        trained = _setup(train_model(examples=data.outputs["examples"], before_day=eval_day,
-                                     spec=s.outputs["best_spec"], config=train_config,
-                                     mlflow_parent_run_id=mlflow_parent_run_id), opts, gpu=True)
-        _setup(evaluate_model(examples=data.outputs["examples"], model=trained.outputs["model"], eval_day=eval_day,
+                       opts, gpu=True)
+        trained = _setup(train_model(examples=examples, before_day=eval_day, spec=s.outputs["best_spec"],
+                                     config=train_config, mlflow_parent_run_id=mlflow_parent_run_id), opts, gpu=True)
+        _setup(evaluate_model(examples=examples, model=trained.outputs["model"], eval_day=eval_day,
                               config=evaluate_config, mlflow_parent_run_id=mlflow_parent_run_id), opts)
 
     return architecture_search
@@ -169,10 +208,12 @@ def build_backfill(opts: BuildOptions = BuildOptions()):
 
 daily_retrain = build_daily_retrain()
 architecture_search = build_architecture_search()
+architecture_search_fanout = build_architecture_search(BuildOptions(), fanout_generations=3)
 backfill = build_backfill()
 
 PIPELINES = {"daily_retrain": build_daily_retrain, "architecture_search": build_architecture_search,
+             "architecture_search_fanout": partial(build_architecture_search, fanout_generations=3),
              "backfill": build_backfill}
 
-__all__ = ["BuildOptions", "LOCAL", "daily_retrain", "architecture_search", "backfill", "build_daily_retrain",
-           "build_architecture_search", "build_backfill", "PIPELINES", "resolve_day"]
+__all__ = ["BuildOptions", "LOCAL", "daily_retrain", "architecture_search", "architecture_search_fanout", "backfill",
+           "build_daily_retrain", "build_architecture_search", "build_backfill", "PIPELINES", "resolve_day"]

@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
 
     c = sub.add_parser("compile", help="compile pipelines to KFP IR YAML")
-    c.add_argument("--pipeline", default="daily_retrain", choices=["daily_retrain", "architecture_search",
-                                                                    "backfill", "all"])
+    c.add_argument("--pipeline", default="daily_retrain",
+                   choices=["daily_retrain", "architecture_search", "architecture_search_fanout", "backfill", "all"])
     c.add_argument("--output", default="pipelines-yaml", help="output folder (one YAML per pipeline)")
     c.add_argument("--gpu", action="store_true", help="request a GPU for training/search steps")
     c.add_argument("--mlflow-uri", default="http://mlflow.recpipe.svc.cluster.local:5000")

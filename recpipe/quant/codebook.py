@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recpipe.ops import quant as qops
-from recpipe.quant.table import QuantizedTable
+from recpipe.quant.table import QuantizedTable, codebook_row_problem
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ _CHUNK_ROWS = 1 << 14
 """Rows fitted at once in per-row mode (temporaries are a few (rows, D) and (rows, K) tensors)."""
 MAX_SHARED_SAMPLES = 1 << 20
 """Values sampled (seeded) to fit a shared codebook; every value is still assigned to its nearest centroid."""
+_SHARED_ASSIGN_VALUES = 1 << 22
+"""Values assigned to the shared codebook at once (bounds the int64 code temporaries to 32 MiB)."""
 
 
 @dataclass
@@ -131,8 +133,15 @@ def quantize_codebook_row(weight: torch.Tensor, bits: int, iters: int = 25, init
 
     Returns:
         (table of kind ``"codebook_row"``, squared-error history summed over row chunks).
+
+    Raises:
+        ValueError: ``2**bits >= D`` or rows no smaller than float32
+            (:func:`~recpipe.quant.table.codebook_row_problem`).
     """
     qops.code_bytes(weight.shape[1], bits)  # validates bits and D
+    problem = codebook_row_problem(weight.shape[1], bits)
+    if problem is not None:
+        raise ValueError(f"quantize_codebook_row: {problem}")
     k = 1 << bits
     gen = torch.Generator().manual_seed(seed)
     parts: list[torch.Tensor] = []
@@ -154,8 +163,9 @@ def quantize_codebook_shared(weight: torch.Tensor, bits: int, iters: int = 25, i
                              max_samples: int = MAX_SHARED_SAMPLES) -> tuple[QuantizedTable, list[float]]:
     """One k-means codebook of ``2**bits`` float32 centroids for the whole table.
 
-    The codebook is fitted on at most ``max_samples`` values drawn without replacement (seeded); then every
-    value gets its nearest centroid.
+    The codebook is fitted on at most ``max_samples`` values drawn uniformly WITH replacement (seeded
+    ``torch.randint``: O(max_samples) memory, where a permutation of all R * D positions would take 8 bytes per
+    value — 20 GB for a 40M x 64 table); then every value gets its nearest centroid.
 
     Args:
         weight: (R, D) float32 table (R * D >= 1).
@@ -167,15 +177,20 @@ def quantize_codebook_shared(weight: torch.Tensor, bits: int, iters: int = 25, i
         (table of kind ``"codebook_shared"``, squared-error history of the fit sample).
     """
     qops.code_bytes(weight.shape[1], bits)
+    if max_samples < 1:
+        raise ValueError(f"quantize_codebook_shared: max_samples must be >= 1, got {max_samples}")
     flat = weight.detach().float().reshape(1, -1)  # (1, R*D)
     gen = torch.Generator().manual_seed(seed)
     if flat.shape[1] > max_samples:
-        sample = flat[:, torch.randperm(flat.shape[1], generator=gen)[:max_samples]]
+        picks = torch.randint(0, flat.shape[1], (max_samples,), generator=gen)  # (S,) positions in R*D
+        sample = flat[:, picks]  # (1, S)
     else:
         sample = flat
     res = kmeans_1d(sample, 1 << bits, iters, init, gen)
     codebook = res.centroids[0]  # (K,)
-    codes = torch.cat([assign(chunk, codebook.unsqueeze(0)) for chunk in torch.split(flat, 1 << 22, dim=1)],
-                      dim=1).reshape(weight.shape)  # (R, D)
-    data = qops.pack_codes(codes, bits)
+    # Assign and pack a block of rows at a time: int64 codes for the whole table would be 8 bytes per value.
+    rows_per_chunk = max(1, _SHARED_ASSIGN_VALUES // max(weight.shape[1], 1))
+    centroids = codebook.unsqueeze(0)  # (1, K)
+    data = torch.cat([qops.pack_codes(assign(chunk.reshape(1, -1), centroids).reshape(chunk.shape), bits)
+                      for chunk in torch.split(weight.detach().float(), rows_per_chunk, dim=0)])  # (R, C)
     return QuantizedTable("codebook_shared", bits, weight.shape[1], data, "kmeans", codebook.clone()), res.history

@@ -6,6 +6,13 @@
 entry its ``dtype``, ``shape``, byte ``offset`` and ``nbytes`` inside ``weights.bin``, a plain concatenation
 of the tensors' little-endian bytes (each starting on a 64-byte boundary). A reader can tell a quantized
 directory from a float one by :func:`is_quantized_model_dir` (the ``"quantized"`` key).
+
+A quantized directory written by the quantize step (:mod:`recpipe.tasks.quantize`) also carries
+``float/``: a complete copy of the float model directory it was made from (``model.pt``, ``model.json`` with
+its ``extra`` bookkeeping — ``days_trained``, ``last_day`` ... — and any state files training keeps beside
+them, e.g. the pruner's). That is the training state travelling with the served model: whoever continues
+training from a served (quantized) model — the next day's warm start from ``champion`` — reads
+:func:`training_model_dir`, never the lossy low-bit tables.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "model.json"
 BLOB_FILE = "weights.bin"
+FLOAT_DIR = "float"
+"""Sub-folder of a quantized directory holding the float model it was quantized from."""
 FORMAT = 1
 _ALIGN = 64
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "uint8": torch.uint8,
@@ -41,6 +50,29 @@ def is_quantized_model_dir(directory: str | os.PathLike[str]) -> bool:
         return False
     with open(path, encoding="utf-8") as fh:
         return "quantized" in json.load(fh)
+
+
+def training_model_dir(directory: str | os.PathLike[str]) -> str:
+    """The float model directory to continue training from: ``directory/float`` for a quantized directory,
+    ``directory`` itself otherwise.
+
+    Raises:
+        FileNotFoundError: a quantized directory without a float copy (``float/model.json``) — e.g. one written
+            by :func:`save_quantized_model` alone; its int codes cannot seed training.
+        ValueError: ``float/`` is itself a quantized directory.
+    """
+    directory = os.fspath(directory)
+    if not is_quantized_model_dir(directory):
+        return directory
+    float_dir = os.path.join(directory, FLOAT_DIR)
+    if not os.path.isfile(os.path.join(float_dir, CONFIG_FILE)):
+        raise FileNotFoundError(f"{directory}: quantized model directory without the float model it was made from "
+                                f"({float_dir}/{CONFIG_FILE} missing); training cannot continue from low-bit "
+                                f"tables — warm-start from the float model directory, or re-run the quantize step "
+                                f"(it copies the float model into {FLOAT_DIR}/)")
+    if is_quantized_model_dir(float_dir):
+        raise ValueError(f"{float_dir}: the float copy of quantized model {directory} is itself quantized")
+    return float_dir
 
 
 def _write_atomic(path: str, data: bytes) -> None:

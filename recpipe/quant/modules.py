@@ -38,6 +38,19 @@ class QuantConfig(TableQuantConfig):
 
     mixed: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
 
+    def widths(self) -> tuple[int, ...]:
+        """Every code width the mixed-precision policy may give a table, ascending."""
+        if self.mixed.mode == "uniform":
+            return (self.bits,)
+        if self.mixed.mode == "rule":
+            return tuple(sorted({b for _, b in self.mixed.rule}))
+        return tuple(sorted(set(self.mixed.candidates)))
+
+    def validate_dim(self, dim: int, bits: int | None = None) -> None:
+        """:meth:`TableQuantConfig.validate_dim` for ``bits``, or (None) for every width in :meth:`widths`."""
+        for b in (self.widths() if bits is None else (bits,)):
+            super().validate_dim(dim, b)
+
 
 class QuantizedEmbeddingCollection(nn.Module):
     """F quantized tables of dim D, pooled per bag like :class:`EmbeddingCollection`.
@@ -218,6 +231,7 @@ def quantize_model(model: GraphModel, cfg: QuantConfig, eval_batches: Sequence[B
         (None for the other policies).
     """
     emb = _float_collection(model)
+    cfg.validate_dim(emb.embedding_dim)  # before any (possibly long) measured search
     bits, choice = choose_bits(model, cfg, eval_batches)
     quantized = quantize_collection(emb, cfg, bits)
     out = copy.deepcopy(model, memo={id(emb): None})  # copies everything but the float tables

@@ -11,7 +11,7 @@ import torch
 from recpipe.config import JsonConfig
 from recpipe.ops import quant as qops
 from recpipe.quant import codebook
-from recpipe.quant.table import QuantizedTable, fp32_bytes
+from recpipe.quant.table import QuantizedTable, codebook_row_problem, fp32_bytes
 
 METHODS = ("minmax", "greedy", "codebook")
 CODEBOOK_SCOPES = ("row", "shared")
@@ -31,6 +31,10 @@ class TableQuantConfig(JsonConfig):
         kmeans_iters: maximum Lloyd iterations.
         kmeans_init: "quantile" or "kmeans++".
         seed: k-means seed.
+
+    The table dimension D is not part of the config, so the checks that need it live in :meth:`validate_dim`
+    (called by :func:`quantize_table` and, for every width a policy may pick, by
+    :func:`recpipe.quant.modules.quantize_model` before any work).
     """
 
     bits: int = 4
@@ -55,6 +59,19 @@ class TableQuantConfig(JsonConfig):
             raise ValueError(f"need num_bins >= 1, 0 <= ratio <= 1, kmeans_iters >= 0; got {self.num_bins}, "
                              f"{self.ratio}, {self.kmeans_iters}")
 
+    def validate_dim(self, dim: int, bits: int | None = None) -> None:
+        """Rejects settings that make no sense for tables of dimension D (``bits`` overrides ``self.bits``).
+
+        Raises:
+            ValueError: per-row codebooks whose centroids alone outnumber or outweigh the row
+                (:func:`recpipe.quant.table.codebook_row_problem`).
+        """
+        bits = self.bits if bits is None else bits
+        if self.method == "codebook" and self.codebook_scope == "row":
+            problem = codebook_row_problem(dim, bits)
+            if problem is not None:
+                raise ValueError(f"TableQuantConfig: {problem}")
+
 
 def quantize_table(weight: torch.Tensor, cfg: TableQuantConfig, bits: int | None = None) -> QuantizedTable:
     """Quantizes one (R, D) float table.
@@ -68,6 +85,7 @@ def quantize_table(weight: torch.Tensor, cfg: TableQuantConfig, bits: int | None
         The :class:`QuantizedTable`.
     """
     bits = cfg.bits if bits is None else bits
+    cfg.validate_dim(weight.shape[1], bits)
     w = weight.detach().float().contiguous()
     if cfg.method == "minmax":
         return QuantizedTable("rowwise", bits, w.shape[1], qops.quantize_rowwise(w, bits), "minmax")

@@ -73,11 +73,6 @@ class QuantizedTable:
         extra = 0 if self.codebook is None else self.codebook.numel() * 4
         return self.data.numel() + extra
 
-    @property
-    def float_nbytes(self) -> int:
-        """Bytes of the same table in float32."""
-        return self.num_rows * self.dim * 4
-
     def to(self, device: torch.device | str) -> "QuantizedTable":
         cb = None if self.codebook is None else self.codebook.to(device)
         return QuantizedTable(self.kind, self.bits, self.dim, self.data.to(device), self.method, cb)
@@ -135,11 +130,17 @@ def fp32_bytes(rows: int, dim: int) -> int:
     return rows * dim * 4
 
 
-def rowwise_bytes(rows: int, dim: int, bits: int) -> int:
-    """Bytes of an (rows, dim) table in the fused row-wise layout."""
-    return rows * qops.row_bytes(dim, bits)
+def codebook_row_problem(dim: int, bits: int) -> str | None:
+    """Why per-row codebooks do not pay off at this (D, bits), or None when they do.
 
-
-def rowwise_ratio(dim: int, bits: int) -> float:
-    """Row-wise size relative to float32: ``row_bytes / (4 D)``; 4 bit at D = 64 gives 1/8 + 1/64 = 14.0625%."""
-    return qops.row_bytes(dim, bits) / (4 * dim)
+    A ``"codebook_row"`` row stores ``K = 2**bits`` fp16 centroids beside its codes. With ``K >= D`` a row has
+    no more values than centroids (the codebook is the row, plus codes), and once the row width reaches the
+    ``4 D`` bytes of a float32 row the "quantized" table is bigger than the float one.
+    """
+    k = 1 << bits
+    width = QuantizedTable.row_width("codebook_row", dim, bits)
+    if k >= dim or width >= 4 * dim:
+        return (f"per-row codebooks (codebook_scope='row') at {bits} bits need {k} fp16 centroids per row of "
+                f"D = {dim} values: {width} bytes per row against {4 * dim} in float32 (need 2**bits < D and a "
+                f"row under 4 D bytes); use fewer bits, codebook_scope='shared' or a row-wise method")
+    return None

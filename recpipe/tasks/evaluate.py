@@ -41,7 +41,7 @@ from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.metrics.gate import GateConfig, Override, decide
 from recpipe.metrics.report import EvalAccumulator, ReportOptions, flat_metrics
 from recpipe.models import load_model
-from recpipe.quant import is_quantized_model_dir, load_quantized_model
+from recpipe.quant import is_quantized_model_dir, load_quantized_model, training_model_dir
 from recpipe.tasks.base import Result, config_from_arg, model_fingerprint, read_json, step_tracker, write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.tracking.plots import (evaluation_figures, figure_png, metric_history_figure, report_html,
@@ -213,6 +213,10 @@ def remap_out_of_range(batch: Batch, table_sizes: Sequence[int]) -> tuple[Batch,
 def _float_source(model_dir: str, float_model_dir: str | None) -> str | None:
     if float_model_dir:
         return float_model_dir
+    try:
+        return training_model_dir(model_dir)  # the float model a quantized dir carries in float/
+    except FileNotFoundError:  # quantized by an older recpipe: no float/ copy, try where it came from
+        pass
     src = (read_json(os.path.join(model_dir, "model.json")).get("extra") or {}).get("source_model_dir")
     if src and os.path.isfile(os.path.join(src, "model.json")):
         return src

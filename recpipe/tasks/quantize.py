@@ -5,6 +5,18 @@
 embedding tables (:mod:`recpipe.quant`), writes the quantized model directory (:mod:`recpipe.quant.io`) and
 ``report.json`` beside it, and returns a :class:`~recpipe.tasks.base.Result`.
 
+The quantized directory (``--output-dir``)::
+
+    model.json    the quantized model (spec, table sizes, schema, "quantized" marker, tensor index); its
+                  ``extra`` is the float model's ``extra`` (days_trained, last_day ...) plus
+                  ``source_model_dir``, ``quant_config`` and ``float_model_dir`` ("float")
+    weights.bin   the quantized tensors
+    report.json   see below
+    float/        a complete copy of the float model directory (model.pt, model.json, and every other file
+                  training wrote there, e.g. the pruner state): the training state that travels with the
+                  served model. Warm starts from a quantized directory read it through
+                  :func:`recpipe.quant.training_model_dir`; the int codes never seed training.
+
 ``report.json``::
 
     {"config": {...}, "source_model_dir": ...,
@@ -29,6 +41,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -37,12 +50,13 @@ import torch
 from recpipe.data.batch import Batch
 from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.metrics.functional import summary
-from recpipe.models import load_model
+from recpipe.models import load_model, read_model_config
 from recpipe.models.graph import GraphModel
 from recpipe.ops import quant as qops
-from recpipe.quant import (QuantConfig, TableQuantConfig, quantize_model, quantize_table, reconstruction_mse,
-                           save_quantized_model, table_report, table_weights)
-from recpipe.tasks.base import Result, write_json
+from recpipe.quant import (FLOAT_DIR, QuantConfig, TableQuantConfig, quantize_model, quantize_table,
+                           reconstruction_mse, save_quantized_model, table_report, table_weights,
+                           training_model_dir)
+from recpipe.tasks.base import Result, step_tracker, write_json
 from recpipe.tracking.base import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
@@ -153,14 +167,42 @@ def _split_for_search(batches: list[Batch]) -> tuple[list[Batch], list[Batch]]:
     return batches[0::2], batches[1::2]
 
 
+def _check_dirs(model_dir: str, output_dir: str) -> None:
+    src, dst = os.path.realpath(model_dir), os.path.realpath(output_dir)
+    if dst == src or dst.startswith(src + os.sep):
+        raise ValueError(f"quantize: output dir {output_dir} must lie outside the float model dir {model_dir} "
+                         f"(the float model is copied into {output_dir}/{FLOAT_DIR})")
+
+
+def copy_float_model(model_dir: str, output_dir: str) -> str:
+    """Copies the whole float model directory to ``<output_dir>/float`` (replacing an older copy).
+
+    The copy goes to a temporary sibling first and is renamed into place, so ``float/`` is either the old or
+    the complete new copy.
+
+    Returns:
+        The path of the copy.
+    """
+    dst = os.path.join(output_dir, FLOAT_DIR)
+    tmp = os.path.join(output_dir, f".{FLOAT_DIR}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp)
+    if os.path.isdir(dst):
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
 def run(cfg: QuantizeConfig, *, model_dir: str, output_dir: str, eval_dataset_root: str | None = None,
         eval_days: Sequence[str] | None = None, tracker: Tracker | None = None) -> Result:
     """Quantizes the embedding tables of a trained model.
 
     Args:
         cfg: quantization and evaluation settings.
-        model_dir: float model directory (``recpipe.models.save_model``).
-        output_dir: where the quantized model (``model.json`` + ``weights.bin``) and ``report.json`` go.
+        model_dir: float model directory (``recpipe.models.save_model``), or a quantized one, whose ``float/``
+            copy is then quantized again (:func:`recpipe.quant.training_model_dir`).
+        output_dir: where the quantized model (``model.json`` + ``weights.bin``), ``report.json`` and the float
+            model's copy ``float/`` go (see the module docstring); must not lie inside ``model_dir``.
         eval_dataset_root: processed Parquet root of held-out data (optional). Needed for the "measured"
             mixed-precision policy; when given, NE/AUC of the float and quantized models are compared. Under
             "measured", widths are chosen on the even-numbered eval batches and the report uses the odd ones,
@@ -170,28 +212,38 @@ def run(cfg: QuantizeConfig, *, model_dir: str, output_dir: str, eval_dataset_ro
 
     Returns:
         Result with metrics ``quant/*`` (and ``eval/*`` with eval data), provenance metadata and the output
-        paths ``model_dir`` and ``report``.
+        paths ``model_dir``, ``report`` and ``float_model_dir``.
     """
     tracker = tracker if tracker is not None else NullTracker()
     tracker.log_params({f"quant/{k}": json.dumps(v) if isinstance(v, (dict, list)) else v
                         for k, v in cfg.to_dict().items()})
+    model_dir, output_dir = os.fspath(model_dir), os.fspath(output_dir)
+    _check_dirs(model_dir, output_dir)
+    model_dir = training_model_dir(model_dir)  # a served (quantized) dir is re-quantized from its float copy
+    float_extra = dict(read_model_config(model_dir).get("extra") or {})
     model = load_model(model_dir).eval()
     if model.embedding is None:
         raise ValueError(f"{model_dir}: the model has no embedding tables to quantize")
+    try:
+        cfg.validate_dim(model.embedding.embedding_dim)
+    except ValueError as e:
+        raise ValueError(f"{model_dir}: {e}") from e
     batches: list[Batch] = []
     if eval_dataset_root is not None:
         batches = read_eval_batches(eval_dataset_root, eval_days, model, cfg)
     search, report_batches = (_split_for_search(batches) if cfg.mixed.mode == "measured" else (batches, batches))
     qmodel = quantize_model(model, cfg.quant_config(), eval_batches=search or None)
     tables, total = _table_section(model, qmodel, cfg)
-    report: dict[str, Any] = {"config": cfg.to_dict(), "source_model_dir": os.fspath(model_dir), "tables": tables,
+    report: dict[str, Any] = {"config": cfg.to_dict(), "source_model_dir": model_dir, "tables": tables,
                               "total": total, "mixed": None, "eval": None}
     if qmodel.quant_choice is not None:
         report["mixed"] = asdict(qmodel.quant_choice)
     if report_batches:
         report["eval"] = _eval_section(model, qmodel, report_batches)
-    save_quantized_model(qmodel, output_dir, extra={"source_model_dir": os.fspath(model_dir),
-                                                    "quant_config": cfg.to_dict()})
+    os.makedirs(output_dir, exist_ok=True)
+    float_copy = copy_float_model(model_dir, output_dir)  # before model.json: the marker implies the copy
+    save_quantized_model(qmodel, output_dir, extra={**float_extra, "source_model_dir": model_dir,
+                                                    "quant_config": cfg.to_dict(), "float_model_dir": FLOAT_DIR})
     report_path = os.path.join(output_dir, REPORT_FILE)
     write_json(report_path, report)
 
@@ -211,11 +263,11 @@ def run(cfg: QuantizeConfig, *, model_dir: str, output_dir: str, eval_dataset_ro
     tracker.set_tags({"quant/bits": ",".join(map(str, qmodel.embedding.bits)), "quant/method": cfg.method})
     logger.info("quantized %s -> %s: %.2f%% of fp32 bytes, mse %.3g", model_dir, output_dir,
                 100 * total["ratio_to_fp32"], total["mse"])
-    metadata = {"source_model_dir": os.fspath(model_dir), "bits": qmodel.embedding.bits, "method": cfg.method,
+    metadata = {"source_model_dir": model_dir, "bits": qmodel.embedding.bits, "method": cfg.method,
                 "bytes_ratio": total["ratio_to_fp32"], "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
                 "quantized": True}
-    return Result(metrics=metrics, metadata=metadata, outputs={"model_dir": os.fspath(output_dir),
-                                                               "report": report_path})
+    return Result(metrics=metrics, metadata=metadata, outputs={"model_dir": output_dir, "report": report_path,
+                                                               "float_model_dir": float_copy})
 
 
 def _load_config(text: str | None) -> QuantizeConfig:
@@ -238,12 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> Result:
-    """CLI entry point; logs the Result as JSON and returns it."""
+    """CLI entry point: runs inside the step's tracker (:func:`recpipe.tasks.base.step_tracker`), logs the
+    Result as JSON and returns it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     days = [d for d in args.eval_days.split(",") if d] if args.eval_days else None
-    result = run(_load_config(args.config), model_dir=args.model_dir, output_dir=args.output_dir,
-                 eval_dataset_root=args.eval_dataset_root, eval_days=days)
+    cfg = _load_config(args.config)
+    with step_tracker("quantize") as tracker:
+        result = run(cfg, model_dir=args.model_dir, output_dir=args.output_dir,
+                     eval_dataset_root=args.eval_dataset_root, eval_days=days, tracker=tracker)
     logger.info("result: %s", json.dumps(result.to_dict(), default=str))
     return result
 

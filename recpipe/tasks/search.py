@@ -12,20 +12,25 @@ Outputs in ``output_dir``: ``history.jsonl`` (every trial), ``ranked.json`` (suc
 ``best_spec.json`` (the winner's :class:`ArchSpec`, loadable with ``ArchSpec.load``), ``comparison.json``
 (per-contender metrics, summary, search cost in multiples of one full training).
 
-For a KFP ``ParallelFor`` over trial batches the same search runs as three steps: :func:`propose` writes the
+For a KFP ``ParallelFor`` over trial batches the same search runs as separate steps: :func:`propose` writes the
 next generation's specs in ``num_batches`` files, :func:`run_trials` evaluates one file, :func:`commit`
-appends the results to the history.
+appends the results to the history, and :func:`finalize` does step 3 from a finished history. The ``fanout_*``
+functions wrap the first three around self-contained folders (one per pipeline artifact; a pod cannot read
+another pod's local paths): ``fanout_propose`` → proposals folder (``history.jsonl`` so far, ``context.json``,
+``batch-<i>.json`` for EVERY slot, empty ones once the budget runs short, ``pending.json``); ``fanout_trials``
+→ outcomes folder (``outcomes.json``); ``fanout_commit`` → history folder (``history.jsonl``).
 
 Run: ``python -m recpipe.tasks.search --dataset-root D --output-dir O --train-days 2026-01-01,2026-01-02
---eval-days 2026-01-03 [--config JSON]``.
+--eval-days 2026-01-03 [--config JSON] [--history H]`` (with ``--history``: only the final comparison).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from recpipe.config import JsonConfig
 from recpipe.data.loader import LoaderConfig, ParquetLoader
@@ -35,7 +40,7 @@ from recpipe.schema import Schema
 from recpipe.search.compare import Contender, baseline_specs, compare
 from recpipe.search.data import TensorRows
 from recpipe.search.evolution import EvolutionConfig, EvolutionarySearch, Proposal, ranked
-from recpipe.search.history import TrialOutcome
+from recpipe.search.history import TrialOutcome, TrialRecord, load_history
 from recpipe.search.space import SearchSpace, SpaceConfig, spec_from_mapping
 from recpipe.search.trials import TrialConfig, TrialRunner
 from recpipe.tasks.base import Result, read_json, step_tracker, write_json
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 HISTORY, RANKED, BEST, COMPARISON, PENDING = "history.jsonl", "ranked.json", "best_spec.json", "comparison.json", \
     "pending.json"
+CONTEXT, OUTCOMES = "context.json", "outcomes.json"
 
 
 def _full_fidelity() -> TrialConfig:
@@ -141,6 +147,16 @@ def run(cfg: SearchConfig, *, dataset_root: str, output_dir: str, train_days: Se
     with TrialRunner(cfg.trial.prepare(train, valid=False), cfg.trial.prepare(valid, valid=True), cfg.trial,
                      workers=cfg.workers) as runner:
         history = EvolutionarySearch(space, cfg.evolution, runner, history_path=history_path, tracker=tracker).run()
+    return _finish(cfg, history, history_path=history_path, output_dir=output_dir, data=(train, valid, test),
+                   train_days=train_days, eval_days=eval_days, tracker=tracker)
+
+
+# ---------------------------------------------------------------------- ranking + full-fidelity comparison
+def _finish(cfg: SearchConfig, history: list[TrialRecord], *, history_path: str, output_dir: str,
+            data: tuple[TensorRows, TensorRows, TensorRows], train_days: Sequence[str], eval_days: Sequence[str],
+            tracker: Tracker) -> Result:
+    """Ranks ``history``, retrains the top-k and the baselines at full fidelity, writes the outputs (see run)."""
+    train, valid, test = data
     best = ranked(history, higher_is_better=cfg.evolution.higher_is_better)
     if not best:
         raise RuntimeError(f"{history_path}: no trial succeeded; see the errors in the history")
@@ -195,6 +211,36 @@ def run(cfg: SearchConfig, *, dataset_root: str, output_dir: str, train_days: Se
                            "comparison": comparison_path})
 
 
+def finalize(cfg: SearchConfig, *, dataset_root: str, history_path: str, output_dir: str,
+             train_days: Sequence[str], eval_days: Sequence[str], tracker: Tracker | None = None) -> Result:
+    """Step 3 of :func:`run` for a history evaluated elsewhere (the fan-out): rank, retrain, compare.
+
+    Args:
+        cfg: step settings (the same as the search's: ``full``, ``baselines``, ``retrain_top_k`` ... apply here).
+        dataset_root: processed Parquet root.
+        history_path: a finished ``history.jsonl``; copied into ``output_dir`` (which becomes self-contained).
+        output_dir: where ``history.jsonl``, ``ranked.json``, ``best_spec.json`` and ``comparison.json`` go.
+        train_days / eval_days / tracker: as in :func:`run`.
+
+    Returns:
+        the same metrics, metadata and outputs as :func:`run`.
+    """
+    history = load_history(history_path)
+    if not history:
+        raise FileNotFoundError(f"{history_path}: no trials to rank (missing or empty history)")
+    tracker = tracker or MemoryTracker("search")
+    tracker.log_params({"search_config": cfg.to_json(), "train_days": ",".join(train_days),
+                        "eval_days": ",".join(eval_days)})
+    os.makedirs(output_dir, exist_ok=True)
+    own = os.path.join(output_dir, HISTORY)
+    if os.path.abspath(history_path) != os.path.abspath(own):
+        shutil.copyfile(history_path, own)
+    train, valid = _split_train(cfg, dataset_root, train_days)
+    test = read_rows(dataset_root, eval_days, max_rows=cfg.max_eval_rows, batch_size=cfg.read_batch_size)
+    return _finish(cfg, history, history_path=own, output_dir=output_dir, data=(train, valid, test),
+                   train_days=train_days, eval_days=eval_days, tracker=tracker)
+
+
 # ---------------------------------------------------------------------- ParallelFor building blocks
 def _search(cfg: SearchConfig, space: SearchSpace, history_path: str, tracker: Tracker | None) -> EvolutionarySearch:
     def no_local_evaluation(specs: Sequence[ArchSpec]) -> list[TrialOutcome]:
@@ -237,17 +283,24 @@ def run_trials(cfg: SearchConfig, *, dataset_root: str, specs_path: str, output_
     """Evaluates ONE file of specs (``{"specs": [...]}`` or a bare list) with the low-fidelity trial settings.
 
     Reads and splits ``train_days`` exactly as :func:`run` does, so results are interchangeable. Writes
-    ``{"outcomes": [{"fingerprint", "metrics", "wall_s", "train_examples", "error"}]}`` to ``output_path``.
+    ``{"generation", "outcomes": [{"fingerprint", "metrics", "wall_s", "cpu_s", "train_examples", "error"}]}`` to
+    ``output_path`` (``generation`` copied from the specs file, None for a bare list). An empty file of specs
+    gives empty outcomes without reading any data.
     """
     raw = read_json(specs_path)
     items = raw["specs"] if isinstance(raw, dict) else raw
+    generation = raw.get("generation") if isinstance(raw, dict) else None
     specs = [spec_from_mapping(d, where=f"{specs_path}: spec {i}") for i, d in enumerate(items)]
+    if not specs:  # a fan-out slot left empty (budget spent, or fewer proposals than slots): nothing to read
+        write_json(output_path, {"generation": generation, "outcomes": []})
+        return Result(metrics={"search/batch_trials": 0.0, "search/batch_failed": 0.0},
+                      outputs={"outcomes": output_path})
     train, valid = _split_train(cfg, dataset_root, train_days)
     with TrialRunner(cfg.trial.prepare(train, valid=False), cfg.trial.prepare(valid, valid=True), cfg.trial,
                      workers=min(cfg.workers, len(specs))) as runner:
         outcomes = runner(specs)
-    write_json(output_path, {"outcomes": [
-        {"fingerprint": s.fingerprint(), "metrics": o.metrics, "wall_s": o.wall_s,
+    write_json(output_path, {"generation": generation, "outcomes": [
+        {"fingerprint": s.fingerprint(), "metrics": o.metrics, "wall_s": o.wall_s, "cpu_s": o.cpu_s,
          "train_examples": o.train_examples, "error": o.error} for s, o in zip(specs, outcomes)]})
     failed = sum(bool(o.error) for o in outcomes)
     metrics = {"search/batch_trials": float(len(specs)), "search/batch_failed": float(failed)}
@@ -257,32 +310,145 @@ def run_trials(cfg: SearchConfig, *, dataset_root: str, specs_path: str, output_
 
 def commit(cfg: SearchConfig, *, dataset_root: str, history_path: str, pending_path: str,
            outcome_paths: Sequence[str], train_days: Sequence[str], tracker: Tracker | None = None) -> Result:
-    """Appends a generation evaluated by :func:`run_trials` to the history (matched by fingerprint)."""
+    """Appends a generation evaluated by :func:`run_trials` to the history (matched by fingerprint).
+
+    Raises:
+        ValueError: an outcome file belongs to another generation, or holds an architecture not proposed.
+        KeyError: a proposal has no outcome.
+    """
     pending = read_json(pending_path)
+    generation = int(pending["generation"])
     by_fp: dict[str, dict[str, Any]] = {}
     for p in outcome_paths:
-        for o in read_json(p)["outcomes"]:
+        raw = read_json(p)
+        if raw.get("generation") is not None and int(raw["generation"]) != generation:
+            raise ValueError(f"commit: {p} holds generation {raw['generation']}, {pending_path} generation "
+                             f"{generation}")
+        for o in raw["outcomes"]:
             by_fp[o["fingerprint"]] = o
     props = [Proposal(spec_from_mapping(d["spec"], where=f"{pending_path}: proposal {i}"), d["origin"], d["detail"],
                       d["parent"], d["guided"]) for i, d in enumerate(pending["proposals"])]
     missing = [p.spec.fingerprint() for p in props if p.spec.fingerprint() not in by_fp]
     if missing:
         raise KeyError(f"commit: no outcome for proposals {missing} in {list(outcome_paths)}")
+    unknown = sorted(set(by_fp) - {p.spec.fingerprint() for p in props})
+    if unknown:
+        raise ValueError(f"commit: outcomes for architectures {unknown} that {pending_path} did not propose")
+    if not props:  # nothing was proposed: the budget was spent (or the space exhausted) before this generation
+        n = len(load_history(history_path))
+        return Result(metrics={"search/trials": float(n)},
+                      metadata={"generation": generation, "committed": 0, "done": True},
+                      outputs={"history": history_path})
     outcomes = [TrialOutcome(**{k: v for k, v in by_fp[p.spec.fingerprint()].items() if k != "fingerprint"})
                 for p in props]
     search = _search(cfg, _space(cfg, _schema(dataset_root, train_days)), history_path, tracker)
-    records = search.commit(int(pending["generation"]), props, outcomes)
+    records = search.commit(generation, props, outcomes)
     done = len(search.history) >= cfg.evolution.budget
     return Result(metrics={"search/trials": float(len(search.history))},
-                  metadata={"generation": int(pending["generation"]), "committed": len(records), "done": done},
+                  metadata={"generation": generation, "committed": len(records), "done": done},
                   outputs={"history": history_path})
+
+
+# ---------------------------------------------------------------------- fan-out over artifact folders
+def resolve_days(pointer: Mapping[str, Any], train_days: Sequence[str] = (),
+                 eval_days: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Search days from a dataset pointer (``ingest_examples``' JSON); given days win.
+
+    Default (as in the ``search_architecture`` component): training = every dataset day but the newest (all of
+    them when there is one), evaluation = the newest.
+    """
+    days = sorted(pointer.get("dataset_days") or pointer.get("days") or [])
+    train, held_out = list(train_days) or days[:-1] or days, list(eval_days) or days[-1:]
+    if not train or not held_out:
+        raise ValueError(f"dataset pointer {pointer.get('dataset_root', '?')}: no days listed and none given")
+    return train, held_out
+
+
+def _context(proposals_dir: str) -> tuple[SearchConfig, dict[str, Any]]:
+    path = os.path.join(proposals_dir, CONTEXT)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not a proposals folder written by fanout_propose")
+    ctx = read_json(path)
+    return SearchConfig.from_dict(ctx["config"]), ctx
+
+
+def fanout_propose(cfg: SearchConfig, *, dataset_root: str, train_days: Sequence[str], proposals_dir: str,
+                   num_batches: int, history_dir: str | None = None) -> Result:
+    """Fan-out step 1: the next generation in a self-contained proposals folder.
+
+    Args:
+        cfg: step settings (stored in ``context.json`` for the trial and commit steps).
+        dataset_root / train_days: the data the trials use (stored in ``context.json``).
+        proposals_dir: receives ``history.jsonl`` (the history so far), ``context.json``, ``pending.json`` and
+            ``batch-<i>.json`` for every ``i < num_batches`` (``{"specs": []}`` for slots left empty).
+        num_batches: trial slots (the pipeline's ParallelFor width).
+        history_dir: the previous :func:`fanout_commit` folder; None starts (or, with a ``history.jsonl`` already
+            in ``proposals_dir``, resumes) the search.
+
+    Returns:
+        :func:`propose`'s result (``batches`` lists only the non-empty files).
+    """
+    os.makedirs(proposals_dir, exist_ok=True)
+    history_path = os.path.join(proposals_dir, HISTORY)
+    if history_dir is not None:
+        src = os.path.join(history_dir, HISTORY)
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"{src}: the history folder holds no {HISTORY}")
+        shutil.copyfile(src, history_path)
+    write_json(os.path.join(proposals_dir, CONTEXT), {"dataset_root": dataset_root, "train_days": list(train_days),
+                                                      "num_batches": num_batches, "config": cfg.to_dict()})
+    result = propose(cfg, dataset_root=dataset_root, history_path=history_path, output_dir=proposals_dir,
+                     train_days=train_days, num_batches=num_batches)
+    filled = len([b for b in result.outputs["batches"].split(",") if b])
+    for i in range(filled, num_batches):
+        write_json(os.path.join(proposals_dir, f"batch-{i}.json"),
+                   {"generation": result.metadata["generation"], "specs": []})
+    return result
+
+
+def fanout_trials(*, proposals_dir: str, batch_index: int, outcomes_dir: str,
+                  tracker: Tracker | None = None) -> Result:
+    """Fan-out step 2: evaluates ``batch-<batch_index>.json`` into ``outcomes_dir/outcomes.json``.
+
+    Settings, data root and days come from the proposals folder's ``context.json``. An empty slot writes empty
+    outcomes.
+    """
+    cfg, ctx = _context(proposals_dir)
+    if not 0 <= batch_index < int(ctx["num_batches"]):
+        raise ValueError(f"{proposals_dir}: batch_index {batch_index} outside 0..{int(ctx['num_batches']) - 1}")
+    os.makedirs(outcomes_dir, exist_ok=True)
+    return run_trials(cfg, dataset_root=ctx["dataset_root"],
+                      specs_path=os.path.join(proposals_dir, f"batch-{batch_index}.json"),
+                      output_path=os.path.join(outcomes_dir, OUTCOMES), train_days=ctx["train_days"], tracker=tracker)
+
+
+def fanout_commit(*, proposals_dir: str, outcome_dirs: Sequence[str], history_dir: str,
+                  tracker: Tracker | None = None) -> Result:
+    """Fan-out step 3: the proposals folder's history plus this generation's outcomes → ``history_dir``.
+
+    Each trial becomes a nested run of ``tracker`` (as in :func:`run`). ``history_dir/history.jsonl`` always
+    exists afterwards, so the next :func:`fanout_propose` or :func:`finalize` can read it.
+    """
+    cfg, ctx = _context(proposals_dir)
+    os.makedirs(history_dir, exist_ok=True)
+    history_path = os.path.join(history_dir, HISTORY)
+    src = os.path.join(proposals_dir, HISTORY)
+    if os.path.exists(src):
+        shutil.copyfile(src, history_path)
+    else:
+        open(history_path, "a", encoding="utf-8").close()
+    return commit(cfg, dataset_root=ctx["dataset_root"], history_path=history_path,
+                  pending_path=os.path.join(proposals_dir, PENDING),
+                  outcome_paths=[os.path.join(d, OUTCOMES) for d in outcome_dirs], train_days=ctx["train_days"],
+                  tracker=tracker)
 
 
 # ---------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> Result:
     """CLI: ``python -m recpipe.tasks.search --dataset-root D --output-dir O --train-days ... --eval-days ...``.
 
-    With ``--specs S --trials-output T`` it evaluates one trial batch instead (:func:`run_trials`).
+    With ``--specs S --trials-output T`` it evaluates one trial batch instead (:func:`run_trials`); with
+    ``--history H`` it only ranks H and runs the full-fidelity comparison (:func:`finalize`).
     """
     ap = argparse.ArgumentParser(prog="recpipe search", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="", help="SearchConfig as JSON")
@@ -292,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> Result:
     ap.add_argument("--output-dir", default=None, help="full search: where the four outputs go")
     ap.add_argument("--specs", default=None, help="trial batch mode: JSON file of specs")
     ap.add_argument("--trials-output", default=None, help="trial batch mode: outcomes JSON path")
+    ap.add_argument("--history", default=None, help="finalize mode: rank this history.jsonl and compare, no trials")
     args = ap.parse_args(argv)
     cfg = SearchConfig.from_json(args.config)
     train_days = [d for d in args.train_days.split(",") if d]
@@ -304,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> Result:
         eval_days = [d for d in args.eval_days.split(",") if d]
         if not args.output_dir or not eval_days:
             ap.error("a full search needs --output-dir and --eval-days")
+        if args.history:
+            return finalize(cfg, dataset_root=args.dataset_root, history_path=args.history,
+                            output_dir=args.output_dir, train_days=train_days, eval_days=eval_days, tracker=tracker)
         return run(cfg, dataset_root=args.dataset_root, output_dir=args.output_dir, train_days=train_days,
                    eval_days=eval_days, tracker=tracker)
 

@@ -43,15 +43,26 @@ from recpipe.config import JsonConfig
 from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.data.parquet_io import day_files, list_days, read_schema
 from recpipe.models import PRESETS, ArchSpec, build_model, read_model_config, save_model
+from recpipe.quant import training_model_dir
 from recpipe.schema import SCHEMA_VERSION, Schema
 from recpipe.tasks.base import Result, config_from_arg, step_tracker, write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
 from recpipe.train.checkpoint import warm_start as load_warm_start
-from recpipe.train.distributed import (DistInfo, EqualShards, GradientSync, broadcast_model, init_from_env,
-                                      is_main_process)
-from recpipe.train.incremental import (IncrementalConfig, IncrementalTrainer, manifest_table_sizes,
-                                       parquet_day_factory)
-from recpipe.train.loop import Trainer, TrainConfig, resolve_device
+from recpipe.train.distributed import (
+    DistInfo,
+    EqualShards,
+    GradientSync,
+    broadcast_model,
+    init_from_env,
+    is_main_process,
+)
+from recpipe.train.incremental import (
+    IncrementalConfig,
+    IncrementalTrainer,
+    manifest_table_sizes,
+    parquet_day_factory,
+)
+from recpipe.train.loop import TrainConfig, Trainer, resolve_device
 from recpipe.train.prune_export import export_compact
 from recpipe.train.pruning import PruneConfig, Pruner, PruningCallback
 
@@ -146,10 +157,10 @@ def resolve_warm_start(source: str | None, scratch_dir: str) -> tuple[str | None
         if local is None:
             logger.warning("warm start %s: alias not set yet (first run); training from scratch", source)
             return None, f"{source} (alias not set: from scratch)"
-        return local, source
+        return training_model_dir(local), source  # a served (quantized) champion carries its float model
     if not os.path.isdir(source):
         raise FileNotFoundError(f"warm_start {source!r}: no such model directory")
-    return source, source
+    return training_model_dir(source), source
 
 
 def select_days(root: str, *, wanted: Sequence[str] | None, before_day: str | None, after_day: str | None) -> list[str]:
@@ -265,7 +276,7 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
             if sync:
                 loader = EqualShards(loader, dist_info.world_size)
             summary = trainer.fit(loader, checkpoint_dir=checkpoint_dir, resume=True)
-            rows, last_loss = trainer.state.examples, summary.last_loss
+            rows, last_loss = trainer.state.examples, summary.last_window_loss
             metrics.update(summary.metrics())
         model = trainer.model
     if sync:

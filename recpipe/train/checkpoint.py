@@ -7,9 +7,14 @@ plain data (tensors, numbers, strings, lists, dicts) read back with ``torch.load
     {"format_version", "step", "epoch", "batch_in_epoch", "examples",
      "model": state_dict, "optim": {"dense", "sparse"}, "data": loader cursor or None,
      "rng": {...}, "config": TrainConfig dict, "table_sizes": {module name: [sizes]}, "callbacks": [...]}
+
+Under ``torchrun`` one process writes (rank 0, :func:`recpipe.train.distributed.is_main_process`); the trainer
+makes the others wait at a barrier. Checkpoints a resumed run branches away from (newer than the one it
+resumed) are moved into ``<dir>/abandoned/`` (:meth:`CheckpointManager.abandon_after`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -22,10 +27,12 @@ from torch import nn
 
 from recpipe.models.io import CONFIG_FILE, WEIGHTS_FILE, read_model_config
 from recpipe.modules.embedding import EmbeddingCollection, remap_rows
+from recpipe.quant.io import training_model_dir
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+ABANDONED_DIR = "abandoned"
 _NAME = re.compile(r"^ckpt-(\d{10})\.pt$")
 
 
@@ -84,10 +91,46 @@ class CheckpointManager:
         paths = self.paths()
         return paths[-1] if paths else None
 
+    def path_for(self, step: int) -> str:
+        """Where the checkpoint of ``step`` is (or will be) written."""
+        return os.path.join(self.directory, f"ckpt-{step:010d}.pt")
+
+    def abandon_after(self, step: int) -> list[str]:
+        """Moves every checkpoint of a step above ``step`` into ``<dir>/abandoned/`` (names kept; a name already
+        there gets a ``.N`` suffix).
+
+        A run resumed from an older checkpoint starts a new branch; left in place, the other branch's newer
+        files would stay :meth:`latest` and retention would delete the resumed run's own checkpoints first.
+
+        Returns:
+            The new paths of the moved files, oldest step first.
+        """
+        moved = []
+        for path in self.paths():
+            m = _NAME.match(os.path.basename(path))
+            if m is None or int(m.group(1)) <= step:
+                continue
+            aside = os.path.join(self.directory, ABANDONED_DIR)
+            os.makedirs(aside, exist_ok=True)
+            dst, n = os.path.join(aside, os.path.basename(path)), 0
+            while os.path.exists(dst):
+                n += 1
+                dst = os.path.join(aside, f"{os.path.basename(path)}.{n}")
+            os.replace(path, dst)
+            moved.append(dst)
+        if moved:
+            logger.warning("resuming step %d: moved %d newer checkpoint(s) of another branch to %s", step,
+                           len(moved), os.path.join(self.directory, ABANDONED_DIR))
+        return moved
+
     def save(self, payload: dict[str, Any], step: int) -> str:
-        """Writes ``payload`` as the checkpoint of ``step`` atomically, then drops checkpoints past keep_last."""
+        """Writes ``payload`` as the checkpoint of ``step`` atomically, then drops checkpoints past keep_last.
+
+        Call it from one process (rank 0 under ``torchrun``); a file another writer already removed is skipped
+        by the retention.
+        """
         os.makedirs(self.directory, exist_ok=True)
-        path = os.path.join(self.directory, f"ckpt-{step:010d}.pt")
+        path = self.path_for(step)
         tmp = os.path.join(self.directory, f".ckpt-{step:010d}.pt.tmp-{os.getpid()}")
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
@@ -95,7 +138,8 @@ class CheckpointManager:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         for old in self.paths()[:-self.keep_last]:
-            os.remove(old)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
         logger.info("checkpoint step %d -> %s", step, path)
         return path
 
@@ -122,16 +166,21 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def _read_source(source: str) -> tuple[dict[str, torch.Tensor], dict[str, list[int]] | None, str]:
-    """(state_dict, table sizes per collection or None, description) from a model dir or checkpoint."""
+    """(state_dict, table sizes per collection or None, description) from a model dir or checkpoint.
+
+    A quantized model directory is read through its float copy (:func:`recpipe.quant.training_model_dir`).
+    """
     if os.path.isdir(source) and os.path.exists(os.path.join(source, CONFIG_FILE)):
-        meta = read_model_config(source)
-        weights = os.path.join(source, WEIGHTS_FILE)
+        model_dir = training_model_dir(source)
+        meta = read_model_config(model_dir)
+        weights = os.path.join(model_dir, WEIGHTS_FILE)
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except OSError as e:
             raise FileNotFoundError(f"{weights}: cannot read model weights: {e}") from e
         sizes = {"embedding": [int(n) for n in meta["table_sizes"]]} if meta["table_sizes"] else {}
-        return state, sizes, f"model dir {source}"
+        desc = f"model dir {source}" if model_dir == source else f"float copy {model_dir} of quantized {source}"
+        return state, sizes, desc
     if os.path.isdir(source):
         path = CheckpointManager(source).latest()
         if path is None:
@@ -151,7 +200,8 @@ def warm_start(model: nn.Module, source: str | os.PathLike[str]) -> dict[str, An
 
     Args:
         model: the freshly built model to fill.
-        source: a :func:`save_model` folder, a checkpoint file, or a checkpoint folder (newest file).
+        source: a :func:`save_model` folder, a quantized model folder (its ``float/`` copy is read, see
+            :func:`recpipe.quant.training_model_dir`), a checkpoint file, or a checkpoint folder (newest file).
 
     Returns:
         ``{"source": description, "grown": {collection: [old sizes, new sizes]}}``.

@@ -21,10 +21,11 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,6 +40,7 @@ from recpipe.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from recpipe.train.fused import FUSED_MODES, attach_fused_updates
 from recpipe.train.optim import OptimConfig, Optimizers
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class TrainConfig(JsonConfig):
         keep_checkpoints: how many recent checkpoints to keep.
         seed: seeds torch, ``random`` and NumPy on a fresh start.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or ``"auto"`` (CUDA when available).
+        fused_embedding_update: ``"auto"`` (on when the model is on CUDA and the CUDA kernels load), ``"on"`` or
+            ``"off"``: apply the embedding optimizer step inside backward (see :mod:`recpipe.train.fused`).
     """
 
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -74,8 +78,12 @@ class TrainConfig(JsonConfig):
     keep_checkpoints: int = 3
     seed: int = 0
     device: str = "cpu"
+    fused_embedding_update: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.fused_embedding_update not in FUSED_MODES:
+            raise ValueError(f"TrainConfig.fused_embedding_update: {self.fused_embedding_update!r} not in "
+                             f"{FUSED_MODES}")
         for name in ("batch_size", "epochs", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -138,20 +146,50 @@ class TrainState:
 
 @dataclass
 class TrainSummary:
-    """What one :meth:`Trainer.fit` call did."""
+    """What one :meth:`Trainer.fit` call did.
+
+    Attributes:
+        steps: optimizer steps taken in this call.
+        examples: examples trained on in this call.
+        mean_loss: mean batch loss over every step of this call.
+        last_window_loss: mean batch loss over the last logging window (the last ``cfg.log_every`` steps, or
+            fewer when the call ended mid-window) — what the final ``train/loss`` point shows; NaN without steps.
+        seconds: wall time of the call.
+        examples_per_sec: ``examples / seconds``.
+        checkpoint: the checkpoint written at the end (None without a checkpoint dir).
+    """
 
     steps: int
     examples: int
     mean_loss: float
-    last_loss: float
+    last_window_loss: float
     seconds: float
     examples_per_sec: float
     checkpoint: str | None = None
 
     def metrics(self) -> dict[str, float]:
-        """Scalar metrics for a task Result (``train/`` prefix)."""
-        return {"train/loss": self.last_loss, "train/mean_loss": self.mean_loss, "train/steps": float(self.steps),
-                "train/examples": float(self.examples), "train/examples_per_sec": self.examples_per_sec}
+        """Scalar metrics for a task Result (``train/`` prefix); ``train/loss`` is the mean over the last log
+        window (:attr:`last_window_loss`), ``train/mean_loss`` the mean over the whole call."""
+        return {"train/loss": self.last_window_loss, "train/mean_loss": self.mean_loss,
+                "train/steps": float(self.steps), "train/examples": float(self.examples),
+                "train/examples_per_sec": self.examples_per_sec}
+
+
+def _on_writer(action: Callable[[], Any], result: Any) -> Any:
+    """Runs ``action`` in the file-writing process only (rank 0 under an initialised ``torch.distributed``
+    group, see :func:`recpipe.train.distributed.is_main_process`), then holds every rank at a barrier until it
+    is done.
+
+    Returns:
+        What ``action`` returned on the writer, ``result`` on the other ranks.
+    """
+    # Imported here: recpipe.train.distributed builds on this module (Callback, Trainer).
+    from recpipe.train.distributed import is_main_process
+
+    out = action() if is_main_process() else result
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return out
 
 
 class Trainer:
@@ -172,6 +210,8 @@ class Trainer:
         self.tracker: Tracker = tracker if tracker is not None else MemoryTracker("train")
         self.callbacks = list(callbacks)
         self.optimizers = Optimizers(self.model, cfg.optim)
+        self.fused_embedding_update = attach_fused_updates(self.model, self.optimizers,
+                                                           cfg.fused_embedding_update, self.device)
         self.state = TrainState()
         self._resumed = False
         self._pending_skip = 0
@@ -245,19 +285,26 @@ class Trainer:
         if payload.get("data") is not None:
             if data is None or not hasattr(data, "load_state_dict"):
                 raise ValueError("resume: the checkpoint holds a data cursor but the data has no load_state_dict")
+            # A cursor loader continues the interrupted pass from the cursor, and rewinds to its first row
+            # for the passes after it (ParquetLoader does; tests/train/test_loop.py checks it).
             data.load_state_dict(payload["data"])
             self._pending_skip = 0
-            if self.cfg.epochs - self.state.epoch > 1:
-                logger.warning("resume: %d more passes after the resumed one; each starts where iter(data) "
-                               "starts, which for a cursor loader may be the resume point rather than the data's "
-                               "beginning", self.cfg.epochs - self.state.epoch - 1)
         else:  # no cursor saved: replay the epoch and skip what was already trained on
             self._pending_skip = self.state.batch_in_epoch
         self._resumed = True
 
     def save_checkpoint(self, manager: CheckpointManager, data: Any = None) -> str:
-        """Writes a checkpoint of the current state through ``manager``."""
-        return manager.save(self.checkpoint_payload(data), self.state.step)
+        """Writes a checkpoint of the current state through ``manager``.
+
+        Under an initialised ``torch.distributed`` group only rank 0 writes (the replicas are identical; the
+        data cursor and RNG states saved are rank 0's) and every rank then waits at a barrier, so no rank
+        runs ahead of a checkpoint that is not on disk yet. Every rank must call this at the same step.
+
+        Returns:
+            The checkpoint's path.
+        """
+        return _on_writer(lambda: manager.save(self.checkpoint_payload(data), self.state.step),
+                          manager.path_for(self.state.step))
 
     # ------------------------------------------------------------------ vocabulary growth
     def grow_tables(self, new_sizes: Sequence[int]) -> None:
@@ -292,16 +339,22 @@ class Trainer:
             checkpoint_dir: where checkpoints go (every ``cfg.checkpoint_every`` steps and at the end).
             resume: False = start fresh (seeding from ``cfg.seed`` if no step was taken yet); True = resume from
                 the newest checkpoint in ``checkpoint_dir`` if there is one (fresh start otherwise); a path =
-                resume from that file. A state restored by :meth:`load_payload` before the call counts as a
-                resume too. Without a resume, ``fit`` starts new epochs while the global step continues (so
-                calling it again with the next day's data keeps training the same model).
+                resume from that file, moving the checkpoints of ``checkpoint_dir`` newer than it into
+                ``<checkpoint_dir>/abandoned/`` (the resumed run is a new branch: its checkpoints become the
+                newest, and retention never deletes them in favour of the old branch's). A state restored by
+                :meth:`load_payload` before the call counts as a resume too. Without a resume, ``fit`` starts
+                new epochs while the global step continues (so calling it again with the next day's data keeps
+                training the same model).
 
         Returns:
             A :class:`TrainSummary` of this call.
         """
         manager = CheckpointManager(checkpoint_dir, self.cfg.keep_checkpoints) if checkpoint_dir else None
         if isinstance(resume, str):
-            self.load_payload(load_checkpoint(resume), data)
+            payload = load_checkpoint(resume)
+            self.load_payload(payload, data)
+            if manager is not None:  # newer checkpoints belong to the branch this resume abandons
+                _on_writer(lambda: manager.abandon_after(int(payload["step"])), [])
         elif resume and manager is not None and manager.latest() is not None:
             self.load_payload(manager.load(), data)
         if not self._resumed:
@@ -320,8 +373,8 @@ class Trainer:
         window_steps = window_examples = 0
         t_window = t_start
         total_loss = torch.zeros((), device=self.device)
-        last_loss = math.nan
-        last_saved = -1
+        last_window_loss = math.nan
+        last_saved: str | None = None
         done = self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
         while not done and self.state.epoch < self.cfg.epochs:
             for batch in data:
@@ -336,14 +389,13 @@ class Trainer:
                 window_examples += batch.batch_size
                 if self.state.step % self.cfg.log_every == 0:
                     now = time.perf_counter()
-                    last_loss = self._log(window_loss, window_steps, window_examples, now - t_window)
+                    last_window_loss = self._log(window_loss, window_steps, window_examples, now - t_window)
                     window_loss.zero_()
                     window_steps = window_examples = 0
                     t_window = now
                 if manager is not None and self.cfg.checkpoint_every and \
                         self.state.step % self.cfg.checkpoint_every == 0:
-                    self.save_checkpoint(manager, data)
-                    last_saved = self.state.step
+                    last_saved = self.save_checkpoint(manager, data)
                 if self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps:
                     done = True
                     break
@@ -352,16 +404,18 @@ class Trainer:
                 self.state.batch_in_epoch = 0
                 skip = 0
         if window_steps:
-            last_loss = self._log(window_loss, window_steps, window_examples, time.perf_counter() - t_window)
+            last_window_loss = self._log(window_loss, window_steps, window_examples, time.perf_counter() - t_window)
         path = None
         if manager is not None:
-            path = manager.latest() if last_saved == self.state.step else self.save_checkpoint(manager, data)
+            saved_now = last_saved is not None and last_saved == manager.path_for(self.state.step)
+            path = last_saved if saved_now else self.save_checkpoint(manager, data)
         seconds = time.perf_counter() - t_start
         steps = self.state.step - start_step
         examples = self.state.examples - start_examples
         summary = TrainSummary(steps=steps, examples=examples,
-                               mean_loss=float(total_loss) / steps if steps else math.nan, last_loss=last_loss,
-                               seconds=seconds, examples_per_sec=examples / max(seconds, 1e-9), checkpoint=path)
+                               mean_loss=float(total_loss) / steps if steps else math.nan,
+                               last_window_loss=last_window_loss, seconds=seconds,
+                               examples_per_sec=examples / max(seconds, 1e-9), checkpoint=path)
         for cb in self.callbacks:
             cb.on_fit_end(self, summary)
         return summary

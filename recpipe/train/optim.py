@@ -12,6 +12,7 @@ Rows absent from the batch are untouched (weight AND state).
 """
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -68,7 +69,37 @@ def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Ten
     return None, grad
 
 
-class RowWiseAdagrad(torch.optim.Optimizer):
+class RowSparseOptimizer(torch.optim.Optimizer, abc.ABC):
+    """Base of the embedding optimizers: the ``step`` scaffolding (closure, skipping parameters without a
+    gradient, coalescing sparse gradients) around a per-parameter :meth:`update`."""
+
+    @abc.abstractmethod
+    def update(self, p: torch.Tensor, rows: torch.Tensor | None, g: torch.Tensor, group: dict[str, Any]) -> None:
+        """Updates one parameter in place.
+
+        Args:
+            p: (R, D) the parameter.
+            rows: (U,) unique touched rows, ascending; None = every row (dense gradient).
+            g: (U, D) summed gradient of each touched row ((R, D) when ``rows`` is None).
+            group: the parameter's group (hyper-parameters).
+        """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D401 - torch API
+        """Applies one update to every parameter that has a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    rows, g = _rows_and_values(p.grad)  # (U,), (U, D)
+                    self.update(p, rows, g, group)
+        return loss
+
+
+class RowWiseAdagrad(RowSparseOptimizer):
     """Row-wise Adagrad for 2-D embedding weights (R, D); accepts sparse (preferred) or dense gradients.
 
     With a dense gradient every row is updated, which is numerically the same as the sparse path for rows
@@ -88,42 +119,32 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if p.dim() != 2:
                     raise ValueError(f"RowWiseAdagrad: parameters must be (R, D), got {tuple(p.shape)}")
 
-    def _state(self, p: torch.Tensor, init: float) -> dict[str, Any]:
+    def row_state(self, p: torch.Tensor, init: float) -> dict[str, Any]:
+        """``p``'s state ``{"sum": (R,) float32, "step": int}``, created with accumulator ``init`` on first use
+        (also used by the optimizer-in-backward path, ``recpipe.train.fused``, so both keep one layout)."""
         st = self.state[p]
         if not st:
             st["sum"] = torch.full((p.shape[0],), init, dtype=torch.float32, device=p.device)
             st["step"] = 0
         return st
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D401 - torch API
-        """Applies one update to every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, eps = group["lr"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self._state(p, group["initial_accumulator_value"])
-                rows, g = _rows_and_values(p.grad)  # (U,), (U, D)
-                g32 = g.float()
-                if rows is None:
-                    st["sum"].add_(g32.pow(2).mean(dim=1))
-                    denom = st["sum"].sqrt().add_(eps)  # (R,)
-                    p.sub_((lr * g32 / denom[:, None]).to(p.dtype))
-                else:
-                    acc = st["sum"].index_select(0, rows) + g32.pow(2).mean(dim=1)  # (U,)
-                    st["sum"].index_copy_(0, rows, acc)
-                    # rows are unique after coalesce, so index_add_ of -update == w_r - update exactly
-                    p.index_add_(0, rows, (-lr * g32 / (acc.sqrt() + eps)[:, None]).to(p.dtype))
-                st["step"] += 1
-        return loss
+    def update(self, p: torch.Tensor, rows: torch.Tensor | None, g: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, eps = group["lr"], group["eps"]
+        st = self.row_state(p, group["initial_accumulator_value"])
+        g32 = g.float()
+        if rows is None:
+            st["sum"].add_(g32.pow(2).mean(dim=1))
+            denom = st["sum"].sqrt().add_(eps)  # (R,)
+            p.sub_((lr * g32 / denom[:, None]).to(p.dtype))
+        else:
+            acc = st["sum"].index_select(0, rows) + g32.pow(2).mean(dim=1)  # (U,)
+            st["sum"].index_copy_(0, rows, acc)
+            # rows are unique after coalesce, so index_add_ of -update == w_r - update exactly
+            p.index_add_(0, rows, (-lr * g32 / (acc.sqrt() + eps)[:, None]).to(p.dtype))
+        st["step"] += 1
 
 
-class SparseSGD(torch.optim.Optimizer):
+class SparseSGD(RowSparseOptimizer):
     """Plain SGD that keeps sparse gradients sparse (only touched rows move): ``w_r -= lr * g_r``."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.01) -> None:
@@ -131,23 +152,11 @@ class SparseSGD(torch.optim.Optimizer):
             raise ValueError(f"SparseSGD: lr must be > 0, got {lr}")
         super().__init__(params, {"lr": lr})
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D401 - torch API
-        """Applies one update to every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, g = _rows_and_values(p.grad)
-                if rows is None:
-                    p.sub_(g, alpha=group["lr"])
-                else:
-                    p.index_add_(0, rows, g.to(p.dtype), alpha=-group["lr"])
-        return loss
+    def update(self, p: torch.Tensor, rows: torch.Tensor | None, g: torch.Tensor, group: dict[str, Any]) -> None:
+        if rows is None:
+            p.sub_(g, alpha=group["lr"])
+        else:
+            p.index_add_(0, rows, g.to(p.dtype), alpha=-group["lr"])
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -146,3 +146,59 @@ def test_forward_matches_naive_loop_on_random_layouts(layout, dim, pooling):
     assert out.shape == (b, len(sizes), dim)
     if b:
         torch.testing.assert_close(out, _naive(emb.weight.detach(), sizes, bags, pooling), atol=EXACT_SUM, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- op backend
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_ops_backend_matches_torch_backend_in_values_and_sparse_gradients(pooling):
+    """backend="ops" forced on the CPU runs recpipe.ops.embedding_bag's reference kernel: same pooled values
+    and the same sparse row gradient (duplicate id, empty bag included) as the F.embedding_bag path."""
+    torch.manual_seed(0)
+    ref = EmbeddingCollection(SIZES, 3, pooling=pooling, backend="torch")
+    ops = EmbeddingCollection(SIZES, 3, pooling=pooling, backend="ops")
+    ops.load_state_dict(ref.state_dict())
+    assert ops.uses_ops() and not ref.uses_ops()
+    indices, offsets, b = _tbe(BAGS)
+    upstream = torch.randn(b, len(SIZES), 3)
+    out_ref, out_ops = ref(indices, offsets, b), ops(indices, offsets, b)
+    torch.testing.assert_close(out_ops, out_ref, atol=EXACT_SUM, rtol=0)
+    (out_ref * upstream).sum().backward()
+    (out_ops * upstream).sum().backward()
+    assert ops.weight.grad.is_sparse
+    g_ops, g_ref = ops.weight.grad.coalesce(), ref.weight.grad.coalesce()
+    assert torch.equal(g_ops.indices(), g_ref.indices())  # exactly the touched rows
+    torch.testing.assert_close(g_ops.values(), g_ref.values(), atol=EXACT_SUM, rtol=0)
+
+
+def test_ops_backend_keeps_the_id_check_and_auto_stays_on_torch_on_cpu():
+    emb = EmbeddingCollection([3, 4], 2, backend="ops")
+    indices, offsets, b = _tbe([[[0], [2]], [[4], [1]]])
+    with pytest.raises(IndexError, match="id 4 at position 2 of feature 1"):
+        emb(indices, offsets, b)
+    emb.validate_indices = False  # the layout is still checked
+    with pytest.raises(ValueError, match="F \\* B \\+ 1"):
+        emb(torch.tensor([0, 1]), torch.tensor([0, 1, 2]), 2)
+    assert not EmbeddingCollection([3, 4], 2).uses_ops()  # auto: CPU weight -> F.embedding_bag
+    with pytest.raises(ValueError, match="needs sparse=True"):
+        EmbeddingCollection([3, 4], 2, sparse=False, backend="ops")
+    with pytest.raises(ValueError, match="backend 'fbgemm' not in"):
+        EmbeddingCollection([3, 4], 2, backend="fbgemm")
+
+
+def test_fused_update_receives_the_pooled_gradient_and_leaves_no_weight_grad():
+    torch.manual_seed(0)
+    emb = EmbeddingCollection(SIZES, 3, pooling="mean")
+    calls = []
+    emb.fused_update = lambda w, g, to, i, o, p: calls.append((w, g.clone(), to, i, o, p))
+    indices, offsets, b = _tbe(BAGS)
+    upstream = torch.randn(b, len(SIZES), 3)
+    out = emb(indices, offsets, b)
+    torch.testing.assert_close(out, _naive(emb.weight.detach(), SIZES, BAGS, "mean"), atol=EXACT_SUM, rtol=0)
+    (out * upstream).sum().backward()
+    assert emb.weight.grad is None and len(calls) == 1
+    w, g, to, i, o, p = calls[0]
+    assert w is emb.weight and torch.equal(g, upstream) and p == 1  # 1 = mean pooling of recpipe.ops
+    assert torch.equal(to, emb.table_offsets) and torch.equal(i, indices) and torch.equal(o, offsets)
+    with torch.no_grad():  # evaluation: a plain lookup, nothing called
+        emb(indices, offsets, b)
+    assert len(calls) == 1

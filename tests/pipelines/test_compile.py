@@ -15,7 +15,8 @@ def _load(path):
 
 def test_all_pipelines_compile(tmp_path):
     paths = compile_pipelines("all", str(tmp_path))
-    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["architecture_search.yaml", "backfill.yaml",
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["architecture_search.yaml",
+                                                         "architecture_search_fanout.yaml", "backfill.yaml",
                                                          "daily_retrain.yaml"]
     for p in paths:
         spec, _ = _load(p)

@@ -65,16 +65,16 @@ def test_fewer_values_than_centroids_and_constant_rows() -> None:
     assert res.history[-1] == 0.0
 
 
-@pytest.mark.parametrize("bits", [2, 4])
-def test_codebook_row_layout_and_decode(bits: int) -> None:
-    w = torch.randn(9, 5, generator=torch.Generator().manual_seed(bits))
+@pytest.mark.parametrize("bits,dim", [(2, 5), (4, 21)])  # per-row codebooks need 2**bits < D
+def test_codebook_row_layout_and_decode(bits: int, dim: int) -> None:
+    w = torch.randn(9, dim, generator=torch.Generator().manual_seed(bits))
     table, history = codebook.quantize_codebook_row(w, bits, iters=20)
-    k, c = 1 << bits, qops.code_bytes(5, bits)
+    k, c = 1 << bits, qops.code_bytes(dim, bits)
     assert table.kind == "codebook_row" and table.data.shape == (9, c + 2 * k)
     # hand-decode row 0: codes from the packed bytes, centroids from the little-endian fp16 tail
     raw = bytes(table.data[0].tolist())
     cents = np.frombuffer(raw[c:], dtype="<f2").astype(np.float32)
-    codes = [(raw[j // (8 // bits)] >> ((j % (8 // bits)) * bits)) & (k - 1) for j in range(5)]
+    codes = [(raw[j // (8 // bits)] >> ((j % (8 // bits)) * bits)) & (k - 1) for j in range(dim)]
     np.testing.assert_array_equal(table.dequantize()[0].numpy(), cents[codes])
     assert (np.diff(cents) >= 0).all()
     assert history[-1] <= history[0]
@@ -97,6 +97,33 @@ def test_codebook_shared_storage_and_values() -> None:
     # every value decodes to its nearest centroid of the shared codebook
     nearest = table.codebook[(w.unsqueeze(-1) - table.codebook).abs().argmin(-1)]
     assert torch.equal(deq, nearest)
+
+
+def test_codebook_shared_fits_a_seeded_sample_drawn_with_replacement(monkeypatch) -> None:
+    def no_permutation(*args, **kwargs):
+        raise AssertionError("a permutation of all R * D positions is O(R * D) memory")
+
+    monkeypatch.setattr(torch, "randperm", no_permutation)
+    w = torch.randn(50, 8, generator=torch.Generator().manual_seed(7))
+    table, history = codebook.quantize_codebook_shared(w, 2, iters=10, seed=3, max_samples=64)
+    # reference: the same generator draws 64 positions of the 400 values, then k-means continues on it
+    gen = torch.Generator().manual_seed(3)
+    picks = torch.randint(0, 400, (64,), generator=gen)
+    ref = codebook.kmeans_1d(w.reshape(1, -1)[:, picks], 4, 10, "quantile", gen)
+    assert table.codebook is not None and torch.equal(table.codebook, ref.centroids[0])
+    assert history == ref.history
+
+
+def test_codebook_shared_assignment_in_row_blocks_matches_one_block(monkeypatch) -> None:
+    w = torch.randn(23, 6, generator=torch.Generator().manual_seed(8))
+    whole, _ = codebook.quantize_codebook_shared(w, 4, iters=5)
+    monkeypatch.setattr(codebook, "_SHARED_ASSIGN_VALUES", 13)  # 2 rows of 6 values per block, last one short
+    blocked, _ = codebook.quantize_codebook_shared(w, 4, iters=5)
+    assert torch.equal(blocked.data, whole.data) and torch.equal(blocked.codebook, whole.codebook)
+    nearest = whole.codebook[(w.unsqueeze(-1) - whole.codebook).abs().argmin(-1)]  # (R, D) brute force
+    assert torch.equal(blocked.dequantize(), nearest)
+    with pytest.raises(ValueError, match="max_samples"):
+        codebook.quantize_codebook_shared(w, 4, max_samples=0)
 
 
 def test_bad_init_rejected() -> None:

@@ -1,8 +1,11 @@
 """The quantize step end to end: float model dir + processed Parquet eval days -> quantized dir + report."""
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -12,10 +15,12 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from recpipe.data.parquet_io import write_processed_day
 from recpipe.models import dlrm, save_model
-from recpipe.quant import is_quantized_model_dir, load_quantized_model
+from recpipe.quant import (QuantConfig, is_quantized_model_dir, load_quantized_model, quantize_model,
+                           save_quantized_model, training_model_dir)
 from recpipe.schema import DenseFeature, LabelSpec, Schema, SparseFeature
 from recpipe.tasks import quantize
 from recpipe.tracking.base import MemoryTracker
+from recpipe.train.checkpoint import warm_start
 
 DIM = 16
 SIZES = (500, 64, 8)
@@ -71,7 +76,8 @@ def test_run_with_eval_data(workspace) -> None:
     result = quantize.run(cfg, model_dir=str(tmp / "model"), output_dir=str(tmp / "q"),
                           eval_dataset_root=str(tmp / "data"), eval_days=[DAYS[1]], tracker=tracker)
     report = json.loads((tmp / "q" / "report.json").read_text())
-    assert result.outputs == {"model_dir": str(tmp / "q"), "report": str(tmp / "q" / "report.json")}
+    assert result.outputs == {"model_dir": str(tmp / "q"), "report": str(tmp / "q" / "report.json"),
+                              "float_model_dir": str(tmp / "q" / "float")}
     assert is_quantized_model_dir(tmp / "q")
     # bytes: 4-bit rows of D = 16 are 8 code bytes + 4 = 12 bytes = 1/8 + 1/16 of fp32, exactly the floor
     for t, rows in zip(report["tables"], SIZES):
@@ -116,10 +122,20 @@ def test_run_measured_mixed_precision(workspace) -> None:
     assert (mixed["final_ne"] - mixed["float_ne"]) / mixed["float_ne"] <= 0.05 or mixed["over_budget"]
 
 
-def test_main_without_eval_codebook(workspace) -> None:
+def test_main_without_eval_codebook(workspace, monkeypatch) -> None:
     tmp, _model, _tables = workspace
+    opened: list[tuple[str, MemoryTracker]] = []
+
+    @contextlib.contextmanager
+    def fake_step_tracker(step: str):
+        opened.append((step, MemoryTracker(step)))
+        yield opened[-1][1]
+
+    monkeypatch.setattr(quantize, "step_tracker", fake_step_tracker)
     cfg = json.dumps({"bits": 2, "method": "codebook", "codebook_scope": "shared", "kmeans_iters": 5})
     result = quantize.main(["--config", cfg, "--model-dir", str(tmp / "model"), "--output-dir", str(tmp / "q")])
+    assert [step for step, _ in opened] == ["quantize"]  # main logs into the step's tracker
+    assert opened[0][1].last("quant/bytes_ratio") == result.metrics["quant/bytes_ratio"]
     report = json.loads((tmp / "q" / "report.json").read_text())
     assert report["eval"] is None and report["mixed"] is None
     assert all(t["kind"] == "codebook_shared" and t["floor_ratio"] is None for t in report["tables"])
@@ -138,3 +154,71 @@ def test_config_round_trip_and_errors(tmp_path) -> None:
         quantize.QuantizeConfig(method="fancy")
     with pytest.raises(FileNotFoundError, match="model.json"):
         quantize.run(quantize.QuantizeConfig(), model_dir=str(tmp_path / "none"), output_dir=str(tmp_path / "q"))
+
+
+def test_warm_start_from_the_quantized_dir_reads_the_float_copy(workspace) -> None:
+    tmp, model, _tables = workspace
+    schema = _schema()
+    extra = {"days_trained": list(DAYS), "last_day": DAYS[-1]}
+    save_model(model, tmp / "trained", schema=schema, extra=extra)
+    (tmp / "trained" / "pruning.pt").write_bytes(b"pruner state")  # a state file training keeps beside the model
+    quantize.run(quantize.QuantizeConfig(bits=2, compare_methods=False), model_dir=str(tmp / "trained"),
+                 output_dir=str(tmp / "q"))
+    # the complete float directory travels with the served model
+    cmp = filecmp.dircmp(tmp / "trained", tmp / "q" / "float")
+    assert sorted(cmp.common_files) == ["model.json", "model.pt", "pruning.pt"]
+    assert not cmp.left_only and not cmp.right_only and not cmp.diff_files
+    assert filecmp.cmpfiles(tmp / "trained", tmp / "q" / "float", cmp.common_files, shallow=False)[0] == \
+        sorted(cmp.common_files)
+    assert training_model_dir(tmp / "q") == str(tmp / "q" / "float")
+    assert training_model_dir(tmp / "trained") == str(tmp / "trained")
+    served = json.loads((tmp / "q" / "model.json").read_text())["extra"]
+    assert served["days_trained"] == list(DAYS) and served["last_day"] == DAYS[-1]
+    assert served["float_model_dir"] == "float" and served["source_model_dir"] == str(tmp / "trained")
+
+    torch.manual_seed(123)
+    fresh = dlrm(schema, embedding_dim=DIM, bottom=(8, DIM), top=(8,))
+    info = warm_start(fresh, str(tmp / "q"))
+    assert "float copy" in info["source"] and info["grown"] == {}
+    for name, t in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], t), name  # the float weights, exactly
+    int2 = torch.cat([load_quantized_model(tmp / "q").embedding.table(f).dequantize() for f in range(len(SIZES))])
+    assert not torch.equal(int2, model.embedding.weight.detach())  # (the lossy tables differ from them)
+
+
+def test_quantized_dir_without_float_copy_is_refused_by_name(workspace) -> None:
+    tmp, model, _tables = workspace
+    bare = tmp / "bare-q"
+    save_quantized_model(quantize_model(model, QuantConfig(bits=4)), bare)
+    want = re.escape(f"{bare}: quantized model directory without the float model")
+    with pytest.raises(FileNotFoundError, match=want):
+        training_model_dir(bare)
+    fresh = dlrm(_schema(), embedding_dim=DIM, bottom=(8, DIM), top=(8,))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(bare))):
+        warm_start(fresh, str(bare))
+
+
+def test_rerun_replaces_the_float_copy_and_bad_dirs_are_refused(workspace) -> None:
+    tmp, _model, _tables = workspace
+    cfg = quantize.QuantizeConfig(bits=8, compare_methods=False)
+    quantize.run(cfg, model_dir=str(tmp / "model"), output_dir=str(tmp / "q"))
+    (tmp / "q" / "float" / "stale.txt").write_text("from an older float model")
+    quantize.run(cfg, model_dir=str(tmp / "model"), output_dir=str(tmp / "q"))
+    assert sorted(p.name for p in (tmp / "q" / "float").iterdir()) == ["model.json", "model.pt"]
+    assert sorted(p.name for p in (tmp / "q").iterdir()) == ["float", "model.json", "report.json", "weights.bin"]
+    for out in (tmp / "model", tmp / "model" / "q"):
+        with pytest.raises(ValueError, match="must lie outside the float model dir"):
+            quantize.run(cfg, model_dir=str(tmp / "model"), output_dir=str(out))
+    # a served (quantized) dir as input: quantized again from its float copy, which travels on
+    res = quantize.run(cfg.replace(bits=4), model_dir=str(tmp / "q"), output_dir=str(tmp / "q4"))
+    assert res.metadata["source_model_dir"] == str(tmp / "q" / "float")
+    assert filecmp.cmp(tmp / "q4" / "float" / "model.pt", tmp / "model" / "model.pt", shallow=False)
+    assert load_quantized_model(tmp / "q4").embedding.bits == [4] * len(SIZES)
+
+
+def test_per_row_codebooks_wider_than_the_row_are_refused_before_any_output(workspace) -> None:
+    tmp, _model, _tables = workspace
+    cfg = quantize.QuantizeConfig(bits=4, method="codebook", codebook_scope="row")  # 16 centroids for D = 16
+    with pytest.raises(ValueError, match=re.escape(str(tmp / "model")) + r": .*2\*\*bits < D"):
+        quantize.run(cfg, model_dir=str(tmp / "model"), output_dir=str(tmp / "q"))
+    assert not (tmp / "q").exists()

@@ -1,4 +1,5 @@
-"""Checkpoints: bit-exact resume, retention, atomic files, warm start with grown tables."""
+"""Checkpoints: bit-exact resume, retention, atomic files, warm start with grown tables, one writer under
+torchrun, branching resumes."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import torch
 
 from recpipe.models import dlrm, save_model
 from recpipe.train import Callback, CheckpointManager, TrainConfig, Trainer, load_checkpoint, warm_start
+from recpipe.train.distributed import is_main_process
 from tests.train.synthetic import NUM_DENSE, TABLE_SIZES, ReplayableLoader, make_batches
 
 N_STEPS = 4  # half the run; 5 batches per epoch, so the resume point sits inside epoch 0 and 2N crosses epochs
@@ -148,3 +150,87 @@ def test_trainer_grow_tables_then_keeps_training(tmp_path):
     resumed.fit([], checkpoint_dir=str(tmp_path), resume=True)
     assert resumed.model.table_sizes == [s + 2 for s in TABLE_SIZES]
     _assert_same(trainer, resumed)
+
+
+def _ckpt_names(directory) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith("ckpt-"))
+
+
+class _FakeGroup:
+    """Stands in for an initialised torch.distributed default group as seen by one rank."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.barriers = 0
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: self.rank)
+        monkeypatch.setattr(torch.distributed, "barrier", self._barrier)
+
+    def _barrier(self, *args, **kwargs) -> None:
+        self.barriers += 1
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_only_rank0_writes_and_every_rank_waits(tmp_path, monkeypatch, rank):
+    group = _FakeGroup(rank)
+    group.install(monkeypatch)
+    assert is_main_process() == (rank == 0)
+    cfg = TrainConfig(max_steps=4, checkpoint_every=2)
+    summary = Trainer(_model(0), cfg).fit(make_batches(100, 20, seed=0), checkpoint_dir=str(tmp_path))
+    assert group.barriers == 2  # after the saves of steps 2 and 4 (the final one is step 4's)
+    assert summary.checkpoint == str(tmp_path / "ckpt-0000000004.pt")  # where rank 0 wrote it
+    written = _ckpt_names(tmp_path) if tmp_path.exists() else []
+    assert written == (["ckpt-0000000002.pt", "ckpt-0000000004.pt"] if rank == 0 else [])
+
+
+def test_single_process_writes_without_barriers(tmp_path, monkeypatch):
+    def no_barrier(*args, **kwargs):
+        raise AssertionError("barrier outside a process group")
+
+    monkeypatch.setattr(torch.distributed, "barrier", no_barrier)
+    assert is_main_process()
+    Trainer(_model(0), TrainConfig(max_steps=2, checkpoint_every=1)).fit(make_batches(40, 20, seed=0),
+                                                                        checkpoint_dir=str(tmp_path))
+    assert _ckpt_names(tmp_path) == ["ckpt-0000000001.pt", "ckpt-0000000002.pt"]
+
+
+def test_retention_tolerates_a_file_another_process_removed(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    listed = manager.paths
+    ghost = str(tmp_path / "ckpt-0000000000.pt")  # listed, then removed by someone else before our remove
+    monkeypatch.setattr(manager, "paths", lambda: [ghost] + listed())
+    manager.save({"model": {}}, 1)
+    assert _ckpt_names(tmp_path) == ["ckpt-0000000001.pt"]
+
+
+def test_resume_from_an_older_checkpoint_abandons_the_newer_branch(tmp_path):
+    batches = make_batches(200, 20, seed=0)
+    Trainer(_model(0), TrainConfig(max_steps=6, checkpoint_every=2, keep_checkpoints=3)).fit(
+        batches, checkpoint_dir=str(tmp_path))
+    assert _ckpt_names(tmp_path) == ["ckpt-0000000002.pt", "ckpt-0000000004.pt", "ckpt-0000000006.pt"]
+    # branch off step 2 with other settings: checkpoints at 3 and (the end) 5
+    cfg = TrainConfig(max_steps=5, checkpoint_every=3, keep_checkpoints=3)
+    resumed = Trainer(_model(1), cfg)
+    summary = resumed.fit(batches, checkpoint_dir=str(tmp_path), resume=str(tmp_path / "ckpt-0000000002.pt"))
+    assert _ckpt_names(tmp_path) == ["ckpt-0000000002.pt", "ckpt-0000000003.pt", "ckpt-0000000005.pt"]
+    assert sorted(os.listdir(tmp_path / "abandoned")) == ["ckpt-0000000004.pt", "ckpt-0000000006.pt"]
+    latest = CheckpointManager(tmp_path).latest()
+    assert latest == summary.checkpoint == str(tmp_path / "ckpt-0000000005.pt")
+    state = load_checkpoint(latest)["model"]
+    assert all(torch.equal(state[k], v) for k, v in resumed.model.state_dict().items())
+
+
+def test_abandon_after_keeps_earlier_abandoned_files(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    for round_ in range(2):
+        for step in (1, 2, 3):
+            (tmp_path / f"ckpt-{step:010d}.pt").write_bytes(bytes([round_]))
+        moved = manager.abandon_after(1)
+        suffix = "" if round_ == 0 else ".1"
+        assert moved == [str(tmp_path / "abandoned" / f"ckpt-{s:010d}.pt{suffix}") for s in (2, 3)]
+    assert _ckpt_names(tmp_path) == ["ckpt-0000000001.pt"]
+    assert (tmp_path / "abandoned" / "ckpt-0000000002.pt").read_bytes() == b"\0"  # the first round's file
+    assert (tmp_path / "abandoned" / "ckpt-0000000002.pt.1").read_bytes() == b"\1"
+    assert manager.abandon_after(5) == []

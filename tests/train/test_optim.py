@@ -8,7 +8,8 @@ import torch
 
 from recpipe.models import dlrm
 from recpipe.modules import EmbeddingCollection
-from recpipe.train.optim import OptimConfig, Optimizers, RowWiseAdagrad, SparseSGD, split_parameters
+from recpipe.train.optim import (OptimConfig, Optimizers, RowSparseOptimizer, RowWiseAdagrad, SparseSGD,
+                                 split_parameters)
 
 HAND = 1e-6  # float32 arithmetic vs Python float64 hand computation
 LR, EPS = 0.1, 1e-8
@@ -113,3 +114,44 @@ def test_replace_embedding_moves_row_state():
     opts.replace_embedding(old, model.embedding.weight, [3, 2], [4, 3])
     st = opts.sparse.state[model.embedding.weight]["sum"]
     assert st.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 4.0, 0.0]  # row 4 (table 1, id 1) moved to row 5
+
+
+class _Recorder(RowSparseOptimizer):
+    """Records what the shared scaffolding hands to ``update``."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {"tag": "g"})
+        self.seen: list[tuple[list[int] | None, list[list[float]], str]] = []
+
+    def update(self, p, rows, g, group) -> None:
+        self.seen.append((None if rows is None else rows.tolist(), g.tolist(), group["tag"]))
+
+
+def test_shared_step_coalesces_skips_gradless_and_handles_dense_grads():
+    a, b, c = (torch.nn.Parameter(torch.zeros(4, 2)) for _ in range(3))
+    opt = _Recorder([a, b, c])
+    a.grad = _sparse([3, 1, 3], [[1.0, 2.0], [5.0, 6.0], [0.5, 0.5]], (4, 2))  # row 3 twice: summed
+    c.grad = torch.ones(4, 2)  # dense gradient: every row, as is
+    opt.step()  # b has no gradient: skipped
+    assert opt.seen == [([1, 3], [[5.0, 6.0], [1.5, 2.5]], "g"), (None, [[1.0, 1.0]] * 4, "g")]
+    with pytest.raises(TypeError, match="abstract"):
+        RowSparseOptimizer([a], {})  # the base alone has no update rule
+
+
+@pytest.mark.parametrize("make", [lambda ps: RowWiseAdagrad(ps, lr=LR), lambda ps: SparseSGD(ps, lr=LR)],
+                         ids=["rowwise_adagrad", "sgd"])
+def test_step_runs_the_closure_with_grad_enabled_and_returns_its_loss(make):
+    p, idle = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    opt = make([p, idle])
+    assert isinstance(opt, RowSparseOptimizer)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p[1] * 2.0).sum()  # only row 1 gets a gradient (2, 2)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.requires_grad and float(loss.detach()) == 4.0
+    assert torch.equal(p.detach()[[0, 2]], torch.ones(2, 2)) and bool((p.detach()[1] < 1).all())
+    assert idle not in opt.state and torch.equal(idle.detach(), torch.ones(2, 2))
