@@ -1,4 +1,4 @@
-"""Tiny synthetic processed datasets and models for the evaluate / promote tests (no /work/shared needed)."""
+"""Tiny synthetic processed datasets and models for the evaluate / promote tests (no shared sample data needed)."""
 from __future__ import annotations
 
 import os
