@@ -11,6 +11,7 @@ LABEL org.opencontainers.image.title="recpipe" \
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+    RECPIPE_CUDA_ARCH="80;90" \
     RECPIPE_CUDA_BUILD_DIR=/opt/recpipe/cuda-build
 
 RUN apt-get update && apt-get install -y --no-install-recommends ninja-build git && rm -rf /var/lib/apt/lists/*
@@ -27,7 +28,8 @@ RUN pip install ".[all,gcp,aws]" "torch==2.5.1"
 # Prebuild the CUDA kernels into the image (no GPU needed to compile; loaded at run time when CUDA is present).
 RUN python -m recpipe.ops._build --prebuild
 
-RUN useradd --create-home --uid 1000 recpipe
+# torch's extension loader rewrites build.ninja on load: the runtime user owns the prebuilt folder
+RUN useradd --create-home --uid 1000 recpipe && chown -R recpipe:recpipe /opt/recpipe/cuda-build
 USER recpipe
 WORKDIR /home/recpipe
 ENTRYPOINT ["recpipe"]

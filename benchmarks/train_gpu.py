@@ -178,7 +178,7 @@ class PlainDLRM(nn.Module):
         super().__init__()
         self.bottom = _plain_mlp(graph.blocks[0].op)
         self.top = _plain_mlp(graph.blocks[2].op)
-        self.out = nn.Linear(graph.out.in_features, 1)
+        self.out = nn.Linear(graph.out.in_features, 1, device=graph.out.weight.device)
         self.out.load_state_dict(graph.out.state_dict())
         w, starts = graph.embedding.weight.detach(), graph.embedding.table_offsets.tolist()
         self.tables = nn.ModuleList(

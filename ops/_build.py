@@ -9,14 +9,19 @@ Environment:
         ``8.6``; several separated by commas or semicolons.
     RECPIPE_CUDA_BUILD_DIR: build cache folder (default ``~/.cache/recpipe/cuda/<torch version>-<arch>``).
         The torch extension loader rebuilds only when a source or flag changed.
+
+Ahead of time (image builds; nvcc needed, no GPU): ``python -m recpipe.ops._build --prebuild`` compiles into
+that folder and exits non-zero with the failing file's name when the build fails.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import os
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -74,6 +79,48 @@ def _failing_sources(message: str, sources: list[str]) -> list[str]:
     return named or sources
 
 
+def build_dir_for(tag: str) -> Path:
+    """The build cache folder: ``RECPIPE_CUDA_BUILD_DIR`` or ``~/.cache/recpipe/cuda/<torch version>-<tag>``."""
+    return Path(os.environ.get("RECPIPE_CUDA_BUILD_DIR") or
+                Path.home() / ".cache" / "recpipe" / "cuda" / f"{torch.__version__}-{tag}")
+
+
+def _sources() -> list[str]:
+    """Absolute paths of :data:`SOURCES`; raises FileNotFoundError naming any missing one."""
+    folder = source_dir()
+    sources = [str(folder / name) for name in SOURCES]
+    missing = [s for s in sources if not Path(s).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing CUDA sources: {missing}")
+    return sources
+
+
+def _compile_and_load(sources: list[str], verbose: bool) -> Path:
+    """Compiles ``sources`` (ninja skips what is up to date) into the build folder and loads the library.
+
+    Returns:
+        The build folder. Raises whatever the compiler/loader raised.
+    """
+    arch_flags, tag = _arch_flags(os.environ.get("RECPIPE_CUDA_ARCH", DEFAULT_ARCH))
+    build_dir = build_dir_for(tag)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    from torch.utils import cpp_extension  # noqa: PLC0415  (imported only when a build is needed)
+
+    cpp_extension.load(
+        name=EXTENSION_NAME,
+        sources=sources,
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3", "-lineinfo", *arch_flags],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=verbose,
+    )
+    return build_dir
+
+
+_BUILD_ERRORS = (RuntimeError, OSError, ValueError, ImportError, subprocess.CalledProcessError)
+
+
 def load_cuda_kernels(verbose: bool = False) -> bool:
     """Builds (first time, cached afterwards) and loads the CUDA kernels of every recpipe op.
 
@@ -96,27 +143,9 @@ def load_cuda_kernels(verbose: bool = False) -> bool:
         _state["tried"] = True
         sources: list[str] = []
         try:
-            folder = source_dir()
-            sources = [str(folder / name) for name in SOURCES]
-            missing = [s for s in sources if not Path(s).is_file()]
-            if missing:
-                raise FileNotFoundError(f"missing CUDA sources: {missing}")
-            arch_flags, tag = _arch_flags(os.environ.get("RECPIPE_CUDA_ARCH", DEFAULT_ARCH))
-            build_dir = Path(os.environ.get("RECPIPE_CUDA_BUILD_DIR") or
-                             Path.home() / ".cache" / "recpipe" / "cuda" / f"{torch.__version__}-{tag}")
-            build_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils import cpp_extension  # noqa: PLC0415  (imported only when a build is needed)
-
-            cpp_extension.load(
-                name=EXTENSION_NAME,
-                sources=sources,
-                extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3", "-lineinfo", *arch_flags],
-                build_directory=str(build_dir),
-                is_python_module=False,
-                verbose=verbose,
-            )
-        except (RuntimeError, OSError, ValueError, ImportError, subprocess.CalledProcessError) as exc:
+            sources = _sources()
+            build_dir = _compile_and_load(sources, verbose)
+        except _BUILD_ERRORS as exc:
             message = str(exc)
             _state["error"] = message
             failing = _failing_sources(message, sources) if sources else ["recpipe.csrc"]
@@ -126,3 +155,77 @@ def load_cuda_kernels(verbose: bool = False) -> bool:
         _state["loaded"] = True
         logger.info("recpipe CUDA kernels loaded from %s", build_dir)
         return True
+
+
+def find_nvcc() -> str | None:
+    """Path of the nvcc that torch's extension builder would use (``CUDA_HOME``/bin/nvcc), or None."""
+    if torch.version.cuda is None:
+        return None
+    from torch.utils import cpp_extension  # noqa: PLC0415
+
+    home = cpp_extension.CUDA_HOME
+    if home is None:
+        return None
+    nvcc = Path(home) / "bin" / "nvcc"
+    return str(nvcc) if nvcc.is_file() else None
+
+
+def prebuild(verbose: bool = False) -> Path:
+    """Compiles the kernels into the build folder without needing a visible GPU (image builds).
+
+    The folder is ``RECPIPE_CUDA_BUILD_DIR`` (or the default cache) for ``RECPIPE_CUDA_ARCH``; a later
+    :func:`load_cuda_kernels` with the same settings and torch finds the build up to date and only loads it.
+
+    Args:
+        verbose: show the compiler's command lines and output.
+
+    Returns:
+        The build folder.
+
+    Raises:
+        RuntimeError: no nvcc / a CPU-only torch, or the build failed (the message names the failing sources).
+    """
+    if torch.version.cuda is None:
+        raise RuntimeError(f"recpipe CUDA prebuild: torch {torch.__version__} is a CPU-only build; install a "
+                           f"CUDA build of torch to compile {', '.join(SOURCES)}")
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise RuntimeError(f"recpipe CUDA prebuild: nvcc not found (CUDA_HOME unset or without bin/nvcc); "
+                           f"cannot compile {', '.join(SOURCES)}")
+    sources: list[str] = []
+    try:
+        sources = _sources()
+        build_dir = _compile_and_load(sources, verbose)
+    except _BUILD_ERRORS as exc:
+        failing = _failing_sources(str(exc), sources) if sources else ["recpipe.csrc"]
+        raise RuntimeError(f"recpipe CUDA prebuild: building {', '.join(failing)} with {nvcc} failed: {exc}"
+                           ) from exc
+    if torch.cuda.is_available():  # the library is loaded in this process: the kernels are usable now
+        with _lock:
+            _state["loaded"] = True
+    return build_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recpipe.ops._build --prebuild [--verbose]``; returns the exit status (0 ok, 1 failed)."""
+    parser = argparse.ArgumentParser(prog="python -m recpipe.ops._build",
+                                     description="Build the recpipe CUDA kernels ahead of time.")
+    parser.add_argument("--prebuild", action="store_true", required=True,
+                        help="compile cuda/*.cu into RECPIPE_CUDA_BUILD_DIR (needs nvcc, not a GPU)")
+    parser.add_argument("--verbose", action="store_true", help="show the compiler's command lines and output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        build_dir = prebuild(verbose=args.verbose)
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        return 1
+    logger.info("recpipe CUDA kernels built in %s", build_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run through the package's copy of this module (``recpipe.ops`` imported it first), so one state is used.
+    from recpipe.ops import _build as _package_module  # noqa: PLC0415
+
+    sys.exit(_package_module.main())

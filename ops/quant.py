@@ -85,6 +85,7 @@ from typing import Callable
 import torch
 
 from recpipe.ops._lib import LIB
+from recpipe.ops.embedding_bag import _ensure_kernels  # the one lazy CUDA build/load helper of recpipe.ops
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("recpipe.ops.quant: the fused row layout is little-endian; this host is big-endian")
@@ -419,6 +420,8 @@ def _quantized_embedding_bag_fake(fused: torch.Tensor, bits: int, dim: int, indi
 
 
 # ------------------------------------------------------------------------------------------ public wrappers
+# Called with CUDA tensors, every wrapper first builds/loads the CUDA kernels (once per process), so no explicit
+# recpipe.ops.load_cuda_kernels() call is needed; a failed build raises with a pointer to the logged error.
 def quantize_rowwise(w: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """Min-max row-wise quantization into the fused layout.
 
@@ -429,6 +432,7 @@ def quantize_rowwise(w: torch.Tensor, bits: int = 4) -> torch.Tensor:
     Returns:
         (R, row_bytes(D, bits)) uint8 fused rows (layout in the module docstring).
     """
+    _ensure_kernels(w)
     return torch.ops.recpipe.quantize_rowwise.default(w, bits)
 
 
@@ -445,11 +449,13 @@ def quantize_rowwise_greedy(w: torch.Tensor, bits: int = 4, num_bins: int = DEFA
     Returns:
         (R, row_bytes(D, bits)) uint8 fused rows.
     """
+    _ensure_kernels(w)
     return torch.ops.recpipe.quantize_rowwise_greedy.default(w, bits, num_bins, float(ratio))
 
 
 def dequantize_rowwise(fused: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     """Fused rows (R, row_bytes(D, bits)) uint8 -> (R, D) float32 ``code * scale + bias``."""
+    _ensure_kernels(fused)
     return torch.ops.recpipe.dequantize_rowwise.default(fused, bits, dim)
 
 
@@ -469,5 +475,6 @@ def quantized_embedding_bag(fused: torch.Tensor, bits: int, dim: int, indices: t
     Returns:
         (B, D) float32 pooled embeddings.
     """
+    _ensure_kernels(fused)
     return torch.ops.recpipe.quantized_embedding_bag.default(fused, bits, dim, indices, offsets, mode,
                                                              per_sample_weights)

@@ -4,20 +4,41 @@ Table ``f`` owns rows ``table_offsets[f] : table_offsets[f + 1]`` of the flat we
 tables' ``num_embeddings``. A batch arrives in the TBE layout of :class:`recpipe.data.batch.Batch`
 (feature-major bags, ids local to each table); the collection shifts every id by its table's row offset and
 pools all F * B bags at once, so the cost is one kernel launch whatever F is.
+
+Lookup backends (``EmbeddingCollection.backend``):
+
+* ``"torch"``: ``F.embedding_bag`` over globally shifted ids (the reference path);
+* ``"ops"``: ``recpipe.ops.embedding_bag`` (table-batched op on local ids; CUDA kernel on the GPU, its
+  pure-PyTorch reference on the CPU), with a sparse row gradient of the same values;
+* ``"auto"`` (default): ``"ops"`` when the weight is on CUDA, gradients are sparse and the CUDA kernels load
+  (:func:`recpipe.ops.load_cuda_kernels`, built on first use), else ``"torch"``. The CPU path never changes.
+
+Optimizer in backward: when ``fused_update`` is set (the trainer does it, see ``recpipe.train.fused``), a
+forward with gradients enabled runs the op and its backward calls ``fused_update`` with the pooled gradient
+instead of producing ``weight.grad``; the callable updates the rows in place.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recpipe.ops import embedding_bag as tbe
+from recpipe.ops import load_cuda_kernels
+
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("sum", "mean")
+BACKENDS = ("auto", "ops", "torch")
+_OP_POOLING = {"sum": tbe.POOLING_SUM, "mean": tbe.POOLING_MEAN}
+
+FusedUpdate = Callable[[nn.Parameter, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
+"""``update(weight, grad_output (B, F, D), table_offsets (F + 1,), indices (T,), offsets (F * B + 1,), pooling)``:
+applies one optimizer step to the rows of ``weight`` a batch touched, in place (called inside backward)."""
 
 
 def table_offsets_of(table_sizes: Sequence[int]) -> torch.Tensor:
@@ -75,10 +96,13 @@ class EmbeddingCollection(nn.Module):
         table_offsets: (F + 1,) int64 buffer of each table's first row (not saved in ``state_dict``; it is
             derived from ``table_sizes``).
         table_sizes: the F table row counts.
+        backend: ``"auto"``, ``"ops"`` or ``"torch"`` lookup (module docstring).
+        fused_update: None, or the :data:`FusedUpdate` that steps the touched rows inside backward (set by the
+            trainer's optimizer-in-backward path; ``weight.grad`` then stays None).
     """
 
     def __init__(self, table_sizes: Sequence[int], embedding_dim: int, pooling: str = "sum", sparse: bool = True,
-                 validate_indices: bool = True) -> None:
+                 validate_indices: bool = True, backend: str = "auto") -> None:
         """Builds the tables with DLRM's initialisation ``uniform(-1/sqrt(n), 1/sqrt(n))`` for a table of n rows.
 
         Args:
@@ -88,6 +112,7 @@ class EmbeddingCollection(nn.Module):
             sparse: produce sparse row gradients (True) or a dense (R, D) gradient.
             validate_indices: check every id is inside its table before the lookup (one pass over the ids;
                 without it an out-of-range id would silently read a neighbouring table's row).
+            backend: ``"auto"``, ``"ops"`` or ``"torch"`` (module docstring); ``"ops"`` needs ``sparse=True``.
         """
         super().__init__()
         if pooling not in POOLINGS:
@@ -102,6 +127,12 @@ class EmbeddingCollection(nn.Module):
         self.pooling = pooling
         self.sparse = sparse
         self.validate_indices = validate_indices
+        if backend not in BACKENDS:
+            raise ValueError(f"EmbeddingCollection: backend {backend!r} not in {BACKENDS}")
+        if backend == "ops" and not sparse:
+            raise ValueError("EmbeddingCollection: backend 'ops' gives sparse row gradients; it needs sparse=True")
+        self.backend = backend
+        self.fused_update: FusedUpdate | None = None
         self.register_buffer("table_offsets", table_offsets_of(self.table_sizes), persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(self.table_sizes), self.embedding_dim))
         self.reset_parameters()
@@ -121,24 +152,25 @@ class EmbeddingCollection(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"tables={self.num_tables}, rows={sum(self.table_sizes)}, dim={self.embedding_dim}, "
-                f"pooling={self.pooling}, sparse={self.sparse}")
+                f"pooling={self.pooling}, sparse={self.sparse}, backend={self.backend}")
 
     # ------------------------------------------------------------------ lookup
-    def global_indices(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Shifts table-local ids to rows of the flat weight.
-
-        Args:
-            indices: (T,) int64 ids, local to each feature's table.
-            offsets: (F * B + 1,) int64 feature-major bag boundaries starting at 0.
-            batch_size: B.
-
-        Returns:
-            (T,) int64 rows of ``weight``.
-        """
-        f_count = self.num_tables
-        if offsets.dim() != 1 or offsets.numel() != f_count * batch_size + 1:
+    def _check_offsets(self, offsets: torch.Tensor, batch_size: int) -> None:
+        if offsets.dim() != 1 or offsets.numel() != self.num_tables * batch_size + 1:
             raise ValueError(f"EmbeddingCollection: offsets has {offsets.numel()} entries, expected "
-                             f"F * B + 1 = {f_count} * {batch_size} + 1")
+                             f"F * B + 1 = {self.num_tables} * {batch_size} + 1")
+
+    def _check_lookup(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> None:
+        """Layout check, plus every id when ``validate_indices`` (the op paths need no shifted ids)."""
+        if self.validate_indices:
+            self._table_of_ids(indices, offsets, batch_size)
+        else:
+            self._check_offsets(offsets, batch_size)
+
+    def _table_of_ids(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Checks the layout (and, with ``validate_indices``, every id) and returns each id's table (T,)."""
+        f_count = self.num_tables
+        self._check_offsets(offsets, batch_size)
         # Ids of feature f are indices[offsets[f * B] : offsets[(f + 1) * B]].
         bounds = offsets[:: batch_size] if batch_size > 0 else offsets.new_zeros(f_count + 1)  # (F + 1,)
         per_feature = bounds[1:] - bounds[:-1]  # (F,)
@@ -152,7 +184,26 @@ class EmbeddingCollection(nn.Module):
                 f = int(table_of_id[pos])
                 raise IndexError(f"EmbeddingCollection: id {int(indices[pos])} at position {pos} of feature {f} "
                                  f"is outside its table of {self.table_sizes[f]} rows")
-        return indices + self.table_offsets[table_of_id]
+        return table_of_id
+
+    def global_indices(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Shifts table-local ids to rows of the flat weight.
+
+        Args:
+            indices: (T,) int64 ids, local to each feature's table.
+            offsets: (F * B + 1,) int64 feature-major bag boundaries starting at 0.
+            batch_size: B.
+
+        Returns:
+            (T,) int64 rows of ``weight``.
+        """
+        return indices + self.table_offsets[self._table_of_ids(indices, offsets, batch_size)]
+
+    def uses_ops(self) -> bool:
+        """Whether a lookup now goes through ``recpipe.ops.embedding_bag`` (see the module docstring)."""
+        if self.backend != "auto":
+            return self.backend == "ops"
+        return self.weight.is_cuda and self.sparse and load_cuda_kernels()
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Pools every bag of every feature.
@@ -165,6 +216,14 @@ class EmbeddingCollection(nn.Module):
         Returns:
             (B, F, D) pooled embeddings.
         """
+        if self.fused_update is not None and torch.is_grad_enabled() and self.weight.requires_grad:
+            self._check_lookup(indices, offsets, batch_size)
+            return _FusedLookup.apply(self.weight, self.table_offsets, indices, offsets,
+                                      _OP_POOLING[self.pooling], self.fused_update)  # (B, F, D)
+        if self.uses_ops():
+            self._check_lookup(indices, offsets, batch_size)
+            return tbe.embedding_bag(self.weight, self.table_offsets, indices, offsets,
+                                     _OP_POOLING[self.pooling])  # (B, F, D)
         rows = self.global_indices(indices, offsets, batch_size)
         pooled = F.embedding_bag(rows, self.weight, offsets, mode=self.pooling, sparse=self.sparse,
                                  include_last_offset=True)  # (F * B, D)
@@ -203,3 +262,20 @@ class EmbeddingCollection(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=self.weight.requires_grad)
         self.table_sizes = new_sizes
         self.table_offsets = table_offsets_of(new_sizes).to(self.table_offsets.device)
+
+
+class _FusedLookup(torch.autograd.Function):
+    """Forward: the table-batched pooled lookup. Backward: ``update`` steps the touched rows in place; no
+    gradient is returned for the weight (so ``weight.grad`` stays None and no optimizer steps it again)."""
+
+    @staticmethod
+    def forward(ctx, weight, table_offsets, indices, offsets, pooling, update):  # noqa: D102 - torch API
+        ctx.save_for_backward(table_offsets, indices, offsets)
+        ctx.weight, ctx.pooling, ctx.update = weight, pooling, update
+        return tbe.embedding_bag(weight.detach(), table_offsets, indices, offsets, pooling)  # (B, F, D)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102 - torch API
+        table_offsets, indices, offsets = ctx.saved_tensors
+        ctx.update(ctx.weight, grad_output, table_offsets, indices, offsets, ctx.pooling)
+        return None, None, None, None, None, None
