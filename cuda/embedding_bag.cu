@@ -382,6 +382,7 @@ void fused_update(const char* op, at::Tensor weight, at::Tensor state, const at:
                   int64_t pooling, double lr, double eps) {
   Layout lay = check_layout(op, weight, table_offsets, indices, offsets, pooling);
   check_grad(op, grad_output_in, lay);
+  check_same_device(weight, grad_output_in, op, "grad_output");
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), op, ": weight must be a contiguous (R, D) tensor");
   TORCH_CHECK(grad_output_in.size(2) == weight.size(1), op, ": grad_output D = ", grad_output_in.size(2),
               " but weight D = ", weight.size(1));

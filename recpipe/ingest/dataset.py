@@ -65,11 +65,38 @@ def _number_parts(directory: str) -> None:
         os.rename(t, os.path.join(directory, f"part-{i:05d}.parquet"))
 
 
+_REPLACED = "replaced-"
+_SEP = "__"
+
+
 class DatasetRoot:
     """A long-lived, day-partitioned processed dataset (local or mounted POSIX path)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self.recover()
+
+    def recover(self) -> list[str]:
+        """Finishes swaps a crash interrupted: a published directory that was renamed aside (``_staging/
+        replaced-<name>``) while its replacement never arrived is put back; leftovers of finished swaps are
+        deleted. Returns the restored paths. Runs whenever the root is opened."""
+        staging = os.path.join(self.root, "_staging")
+        restored = []
+        if not os.path.isdir(staging):
+            return restored
+        for name in sorted(os.listdir(staging)):
+            if not name.startswith(_REPLACED):
+                continue
+            aside = os.path.join(staging, name)
+            rel = name[len(_REPLACED):].replace(_SEP, os.sep)
+            dst = os.path.join(self.root, rel)
+            if os.path.exists(dst):  # the new version was published: the old one is garbage
+                shutil.rmtree(aside, ignore_errors=True)
+            else:  # crashed between the two renames: the old version is still the published one
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.rename(aside, dst)
+                restored.append(dst)
+        return restored
 
     def day_dir(self, day: str) -> str:
         return os.path.join(self.root, f"day={day}")
@@ -150,11 +177,15 @@ class DatasetRoot:
         return manifest
 
     def _swap(self, src: str, dst: str) -> None:
-        """Moves ``src`` to ``dst``; an existing ``dst`` is first renamed aside, then deleted."""
+        """Moves ``src`` to ``dst``; an existing ``dst`` is first renamed aside (to a name derived from ``dst``,
+        so :meth:`recover` can put it back if a crash comes before the second rename), then deleted."""
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         trash = None
         if os.path.exists(dst):
-            trash = os.path.join(self.root, "_staging", f"trash-{uuid.uuid4().hex[:12]}")
+            rel = os.path.relpath(dst, self.root).replace(os.sep, _SEP)
+            trash = os.path.join(self.root, "_staging", _REPLACED + rel)
+            shutil.rmtree(trash, ignore_errors=True)
+            os.makedirs(os.path.dirname(trash), exist_ok=True)
             os.rename(dst, trash)
         os.rename(src, dst)
         if trash:

@@ -9,7 +9,8 @@ For a pruned (O, I) float32 weight with ``nnz`` kept entries the two encodings c
 :func:`export_compact` picks the smaller per layer (CSR wins at high sparsity, the bitmask at moderate
 sparsity; the crossover with int16 indices is at density 1/16), keeps every other tensor dense, writes one
 ``torch.save`` file of plain tensors (no pickled modules) and reports the real sizes in bytes.
-:func:`load_compact` rebuilds the dense state dict, bit-identical to the exported one.
+:func:`load_compact` rebuilds the dense state dict, equal in value to the exported one (zeros are not
+stored, so a ``-0.0`` comes back as ``+0.0``).
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def compute_masks(weights: Mapping[str, torch.Tensor], sparsity: float, *, norma
         boosted.append(b)
     keep_total = max(keep_total, forced)
     all_scores = torch.cat(boosted)  # (total,)
-    keep = torch.zeros(total, dtype=torch.bool)
+    keep = torch.zeros(total, dtype=torch.bool, device=all_scores.device)  # indexed by `order` below
     if keep_total > 0:
         # Stable sort: equal scores keep their order, so the choice is deterministic.
         order = torch.sort(all_scores, descending=True, stable=True).indices

@@ -182,3 +182,37 @@ def test_main_cli(tmp_path):
     finally:
         del os.environ["RECPIPE_TRACKING"]
     assert json.load(open(tmp_path / "r.json"))["metrics"]["ingest/rows"] == 10
+
+
+def test_crash_between_the_two_renames_of_a_day_swap_is_recovered(tmp_path, monkeypatch):
+    import recpipe.ingest.dataset as dataset_mod
+
+    raw = tmp_path / "raw"
+    write_lines(raw / "a" / "2024-01-01.tsv", criteo_lines(30, seed=1))
+    write_lines(raw / "b" / "2024-01-01.tsv", criteo_lines(50, seed=9))
+    root = str(tmp_path / "ds")
+    cfg = IngestConfig.from_dict(ARROW)
+    run(cfg, inputs=[str(raw / "a")], dataset_root=root)
+    before = _day_table(root, "2024-01-01")
+    real_rename = os.rename
+
+    def crash_before_the_new_day_lands(src, dst):
+        if os.path.basename(dst) == "day=2024-01-01" and "_staging" in src and "replaced-" not in dst:
+            raise OSError("power cut")  # the old day is already renamed aside
+        real_rename(src, dst)
+
+    monkeypatch.setattr(dataset_mod.os, "rename", crash_before_the_new_day_lands)
+    with pytest.raises(OSError, match="power cut"):
+        run(cfg, inputs=[str(raw / "b")], dataset_root=root)
+    monkeypatch.setattr(dataset_mod.os, "rename", real_rename)
+    dataset_mod.DatasetRoot(root)  # opening the root finishes the interrupted swap
+    assert _day_table(root, "2024-01-01").equals(before)  # the published day is whole again
+    # the state a hard kill leaves (no exception handler ran): old day aside, new one never renamed in
+    aside = os.path.join(root, "_staging", "replaced-day=2024-01-01")
+    real_rename(os.path.join(root, "day=2024-01-01"), aside)
+    dataset_mod.DatasetRoot(root)
+    assert os.path.exists(os.path.join(root, "day=2024-01-01")) and not os.path.exists(aside)
+    assert _day_table(root, "2024-01-01").equals(before)
+    run(cfg, inputs=[str(raw / "b")], dataset_root=root)  # and a re-run replaces it normally
+    assert _day_table(root, "2024-01-01").num_rows == 50
+    assert not [n for n in os.listdir(os.path.join(root, "_staging")) if n.startswith("replaced-")]

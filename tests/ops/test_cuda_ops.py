@@ -211,3 +211,11 @@ def test_quantized_embedding_bag_cuda_matches_cpu(bits, dim, mode):
     out = q.quantized_embedding_bag(fused.cuda(), bits, dim, indices.cuda().int(), offsets.cuda(), mode,
                                     None if psw is None else psw.cuda())
     torch.testing.assert_close(out.cpu(), ref, rtol=QBAG_TOL, atol=QBAG_TOL * 10)
+
+
+def test_fused_update_names_a_grad_output_on_the_wrong_device():
+    c = make_case([40, 20], batch=8, dim=16, max_len=3, seed=1).to("cuda")
+    go_cpu = torch.randn(8, 2, 16)
+    with pytest.raises(RuntimeError, match="grad_output is on cpu"):
+        torch.ops.recpipe.embedding_bag_backward_sgd_(c.weight, go_cpu, c.table_offsets, c.indices, c.offsets, 0,
+                                                      0.1)

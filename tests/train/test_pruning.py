@@ -93,6 +93,22 @@ def test_global_masks_match_naive_reference_and_sum_to_target():
         assert len({round(v, 6) for v in sp.values()}) == 3, "each layer gets its own sparsity"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_masks_of_cuda_weights_match_cpu_masks():
+    g = torch.Generator().manual_seed(SEED)
+    weights = {"a": torch.randn(30, 20, generator=g), "b": torch.randn(10, 50, generator=g) ** 3}
+    cpu = compute_masks(weights, 0.75)
+    gpu = compute_masks({n: w.cuda() for n, w in weights.items()}, 0.75)
+    for n in weights:
+        assert gpu[n].device.type == "cuda" and torch.equal(gpu[n].cpu(), cpu[n])
+    model = _mlp().cuda()
+    pr = Pruner(model, PruneConfig(mode="adaptive", target_sparsity=0.5, start_step=0, end_step=1, update_every=1))
+    masks = pr.update_masks(0.5)
+    assert all(m.is_cuda for m in masks.values())
+    assert abs(1 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()) - 0.5) < 0.02
+
+
 def test_min_layer_density_floor_keeps_every_layer_alive():
     weights = {"big": torch.ones(50, 50), "tiny": torch.full((10, 10), 1e-3)}
     masks = compute_masks(weights, 0.9, normalize="none", min_layer_density=0.05)
