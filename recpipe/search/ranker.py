@@ -87,7 +87,7 @@ class ArchRanker:
             quality: their measured quality, same order.
             higher_is_better: True for AUC-like metrics, False for NE / log loss.
         """
-        import lightgbm as lgb  # optional dependency (recpipe[search]); imported where used
+        import lightgbm as lgb  # imported where used: only ranker fitting needs it
 
         if len(specs) != len(quality) or len(specs) < 2:
             raise ValueError(f"ArchRanker.fit: need >= 2 specs with one quality each, got {len(specs)} specs, "
