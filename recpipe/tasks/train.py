@@ -69,6 +69,7 @@ from recpipe.train.pruning import PruneConfig, Pruner, PruningCallback
 logger = logging.getLogger(__name__)
 
 PRUNER_FILE = "pruning.pt"
+OPTIM_FILE = "optimizer.pt"
 COMPACT_FILE = "model.pruned.pt"
 RESULT_FILE = "train_result.json"
 MANIFEST = "_manifest.json"
@@ -188,11 +189,33 @@ def _build(cfg: TrainTaskConfig, schema: Schema, warm_dir: str | None) -> tuple[
     else:
         spec = PRESETS[cfg.arch](cfg.embedding_dim)
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(spec, schema)
+    warm_sizes = list(warm_meta.get("table_sizes") or [])
+    if warm_dir and len(warm_sizes) == schema.num_sparse:
+        # built at the warm model's sizes so its optimizer state fits; grown to the data's after it is loaded
+        model = build_model(spec, schema.with_table_sizes(dict(zip(schema.sparse_names, map(int, warm_sizes)))))
+    else:
+        model = build_model(spec, schema)
     if warm_dir:
         info = load_warm_start(model, warm_dir)
         logger.info("warm start: %s", info)
     return model, spec, dict(warm_meta.get("extra") or {})
+
+
+def _restore_optimizer(trainer: Trainer, warm_dir: str | None, schema: Schema) -> bool:
+    """Loads the warm-start model's optimizer state (Adam moments, row-wise Adagrad sums) into ``trainer``, then
+    grows the embedding tables to the data's sizes (the row state moves with the rows). Returns whether state
+    was restored (a model saved without ``optimizer.pt`` restarts its accumulators)."""
+    restored = False
+    if warm_dir and os.path.exists(os.path.join(warm_dir, OPTIM_FILE)):
+        trainer.optimizers.load_state_dict(torch.load(os.path.join(warm_dir, OPTIM_FILE), map_location="cpu",
+                                                      weights_only=True))
+        restored = True
+    current = list(getattr(trainer.model, "table_sizes", []) or [])
+    if current:
+        target = [max(a, b) for a, b in zip(current, schema.table_sizes())]
+        if target != current:
+            trainer.grow_tables(target)
+    return restored
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -247,6 +270,7 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
                                  parquet_day_factory(dataset_root, schema, rank=dist_info.rank,
                                                      world_size=dist_info.world_size),
                                  prune=cfg.prune, tracker=tracker, feature_names=schema.sparse_names, callbacks=sync)
+        optim_restored = _restore_optimizer(inc.trainer, warm_dir, schema)
         if sync:
             broadcast_model(inc.model)
         if pruner_state is not None:
@@ -260,13 +284,14 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
         pruner, trained, rows, last_loss, preq = inc.pruner, stream.days_trained, stream.rows, stream.last_loss, \
             stream.preq
         metrics.update(stream.preq_overall())
-        model = inc.model
+        model, optimizers = inc.model, inc.trainer.optimizers
     else:
         model = model.to(resolve_device(cfg.trainer.device))  # masks are made on the model's device
         pruner = Pruner(model, cfg.prune)
         if pruner_state is not None:
             pruner.load_state_dict(pruner_state, source=f"{warm_dir}/{PRUNER_FILE}")
         trainer = Trainer(model, cfg.trainer, tracker, ([PruningCallback(pruner)] if pruner.enabled else []) + sync)
+        optim_restored = _restore_optimizer(trainer, warm_dir, schema)
         trained, rows, last_loss = list(todo), 0, float("nan")
         if todo:
             loader = ParquetLoader(dataset_root, LoaderConfig(batch_size=cfg.trainer.batch_size,
@@ -278,7 +303,7 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
             summary = trainer.fit(loader, checkpoint_dir=checkpoint_dir, resume=True)
             rows, last_loss = trainer.state.examples, summary.last_window_loss
             metrics.update(summary.metrics())
-        model = trainer.model
+        model, optimizers = trainer.model, trainer.optimizers
     if sync:
         rows = _sum_over_ranks(rows)  # each rank counted its own shard
     metrics.update({"train/loss": last_loss, "train/rows": float(rows), "train/days": float(len(trained))})
@@ -287,8 +312,10 @@ def run(cfg: TrainTaskConfig, *, dataset_root: str, model_dir: str, days: Sequen
     extra = {"days_trained": all_days, "last_day": all_days[-1] if all_days else None,
              "days_this_run": trained, "rows_this_run": rows, "warm_start": warm_desc,
              "prune": cfg.prune.to_dict(), "incremental": cfg.incremental}
+    extra["optimizer_state_restored"] = optim_restored
     if is_main_process():  # every rank holds the same weights; one writes
         save_model(model, model_dir, schema=schema, extra=extra)
+        torch.save(optimizers.state_dict(), os.path.join(model_dir, OPTIM_FILE))  # tomorrow's warm start
     state = model.state_dict()
     metrics["model/bytes"] = float(sum(t.numel() * t.element_size() for t in state.values()))
     outputs = {"model_dir": model_dir}

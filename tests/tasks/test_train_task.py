@@ -112,3 +112,44 @@ def test_main_cli_and_bad_inputs(tmp_path, monkeypatch):
         train_task.run(_cfg(), dataset_root=root, model_dir=str(tmp_path / "x"), warm_start="models:/nameonly")
     with pytest.raises(ValueError, match="arch"):
         train_task.TrainTaskConfig(arch="nope")
+
+
+def test_warm_start_carries_optimizer_state_so_daily_runs_equal_one_long_run(tmp_path):
+    """Day 0, then a warm-started run on day 1 == one run over days 0-1 (Adam moments and row-wise Adagrad sums
+    travel in optimizer.pt); without optimizer.pt the accumulators restart and the result differs."""
+    root = str(tmp_path / "data")
+    write_days(root)
+    cfg = _cfg()
+    a, b, c = (str(tmp_path / n) for n in ("day0", "day1-warm", "both"))
+    train_task.run(cfg, dataset_root=root, model_dir=a, days=[DAYS[0]])
+    r = train_task.run(cfg, dataset_root=root, model_dir=b, days=[DAYS[1]], warm_start=a)
+    train_task.run(cfg, dataset_root=root, model_dir=c, days=[DAYS[0], DAYS[1]])
+    assert json.load(open(os.path.join(b, "model.json")))["extra"]["optimizer_state_restored"] is True
+    assert r.metadata["all_days_trained"] == [DAYS[0], DAYS[1]]
+    warm, long = load_model(b).state_dict(), load_model(c).state_dict()
+    for k in long:
+        torch.testing.assert_close(warm[k], long[k], rtol=0, atol=0, msg=k)
+    os.remove(os.path.join(a, "optimizer.pt"))
+    d = str(tmp_path / "day1-cold-optimizer")
+    train_task.run(cfg, dataset_root=root, model_dir=d, days=[DAYS[1]], warm_start=a)
+    cold = load_model(d).state_dict()
+    assert json.load(open(os.path.join(d, "model.json")))["extra"]["optimizer_state_restored"] is False
+    assert any(not torch.equal(cold[k], long[k]) for k in long)
+
+
+def test_warm_start_with_optimizer_state_into_grown_tables(tmp_path):
+    """Yesterday's model has smaller tables than today's vocabulary: its optimizer state loads at yesterday's
+    sizes, then tables and row state grow together (old rows keep their accumulators)."""
+    small, grown = str(tmp_path / "small"), str(tmp_path / "grown")
+    write_days(small, manifest_sizes=(20, 30))
+    write_days(grown, manifest_sizes=(26, 33))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train_task.run(_cfg(), dataset_root=small, model_dir=a, days=[DAYS[0]])
+    train_task.run(_cfg(), dataset_root=grown, model_dir=b, days=[DAYS[1]], warm_start=a)
+    meta = json.load(open(os.path.join(b, "model.json")))
+    assert meta["extra"]["optimizer_state_restored"] is True
+    assert meta["table_sizes"] == [26, 33]
+    state = torch.load(os.path.join(b, "optimizer.pt"), weights_only=True)["sparse"]["state"]
+    (row_state,) = [v for v in state.values()]
+    sums = next(t for t in row_state.values() if torch.is_tensor(t) and t.dim() == 1)
+    assert sums.shape == (26 + 33,)
