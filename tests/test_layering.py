@@ -13,6 +13,8 @@ HEAVY = ("torch", "kfp", "apache_beam", "mlflow")
 RULES: list[tuple[str, list[str], list[str]]] = [
     ("recpipe/schema.py", ["torch", "kfp", "apache_beam", "mlflow", "numpy", "recpipe.data", "recpipe.models",
                            "recpipe.tasks", "recpipe.ingest", "recpipe.tracking"], []),
+    ("recpipe/fileio.py", ["torch", "numpy", "pyarrow", "kfp", "apache_beam", "mlflow", "recpipe.data",
+                           "recpipe.models", "recpipe.tasks", "recpipe.schema", "recpipe.config"], []),
     ("recpipe/config.py", ["torch", "kfp", "apache_beam", "mlflow", "pyarrow", "recpipe.data", "recpipe.models",
                            "recpipe.tasks", "recpipe.schema"], []),
     ("ops/", ["kfp", "apache_beam", "mlflow", "recpipe.data", "recpipe.models", "recpipe.modules",

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from recpipe.fileio import atomic_write_json
 from recpipe.ingest.options import HASH_RESERVED, MISSING_ID, OOV_ID, VOCAB_RESERVED, IngestError
 from recpipe.ingest.vocab import Vocabulary
 from recpipe.schema import SCHEMA_VERSION, Schema
@@ -30,14 +31,6 @@ from recpipe.schema import SCHEMA_VERSION, Schema
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
-
-
-def _write_json(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -156,8 +149,8 @@ class DatasetRoot:
             table_sizes[f.name] = vocab.size(f.name) if (f.encoding == "vocab" and vocab) else f.num_embeddings
         if vocab is not None and vocab.entries:
             vocab.save(self.vocab_dir)
-            _write_json(os.path.join(self.vocab_dir, f"delta-{day}.json"), vocab.delta(day))
-        _write_json(self.stats_path(day), stats)
+            atomic_write_json(os.path.join(self.vocab_dir, f"delta-{day}.json"), vocab.delta(day))
+        atomic_write_json(self.stats_path(day), stats)
         _number_parts(staging.data)
         self._swap(staging.dead, self.dead_dir(day))
         self._swap(staging.data, self.day_dir(day))
@@ -173,7 +166,7 @@ class DatasetRoot:
             "reserved_ids": {"missing": MISSING_ID, "oov": OOV_ID, "hash_reserved": HASH_RESERVED,
                              "vocab_reserved": VOCAB_RESERVED},
         }
-        _write_json(os.path.join(self.root, MANIFEST), manifest)
+        atomic_write_json(os.path.join(self.root, MANIFEST), manifest)
         return manifest
 
     def _swap(self, src: str, dst: str) -> None:

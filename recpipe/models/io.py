@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from recpipe.fileio import atomic_write, atomic_write_json
 from recpipe.models.graph import GraphModel
 from recpipe.models.spec import ArchSpec
 from recpipe.schema import Schema
@@ -57,12 +58,6 @@ def build_model(spec: ArchSpec, schema_or_sizes: Schema | Sequence[int], num_den
     return model
 
 
-def _atomic_write(path: str, write: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(model: GraphModel, directory: str | os.PathLike[str], schema: Schema | None = None,
                extra: dict[str, Any] | None = None) -> str:
     """Writes ``model.pt`` and ``model.json`` into ``directory`` (created if needed), each atomically.
@@ -82,13 +77,8 @@ def save_model(model: GraphModel, directory: str | os.PathLike[str], schema: Sch
     meta = {"format_version": FORMAT_VERSION, **model.config_dict(),
             "schema": schema.to_dict() if schema is not None else None, "extra": dict(extra or {})}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda p: torch.save(state, p))
-
-    def write_json(p: str) -> None:
-        with open(p, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2, sort_keys=True)
-
-    _atomic_write(os.path.join(directory, CONFIG_FILE), write_json)
+    atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda fh: torch.save(state, fh))
+    atomic_write_json(os.path.join(directory, CONFIG_FILE), meta)
     logger.info("saved model (%d tensors) to %s", len(state), directory)
     return directory
 

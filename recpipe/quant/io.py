@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recpipe.fileio import atomic_write
 from recpipe.models.graph import GraphModel
 from recpipe.models.spec import ArchSpec
 from recpipe.quant.modules import QuantizedEmbeddingCollection
@@ -76,10 +77,7 @@ def training_model_dir(directory: str | os.PathLike[str]) -> str:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def save_quantized_model(model: GraphModel, directory: str | os.PathLike[str],

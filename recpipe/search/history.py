@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from recpipe.fileio import atomic_write
 from recpipe.models.spec import ArchSpec
 from recpipe.search.space import spec_from_mapping
 
@@ -137,9 +138,4 @@ def append_history(path: str | os.PathLike[str], records: Iterable[TrialRecord])
 
 def rewrite_history(path: str | os.PathLike[str], records: Iterable[TrialRecord]) -> None:
     """Replaces the file with ``records`` atomically (used to drop a torn tail before appending)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(r.to_json() + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.writelines(r.to_json() + "\n" for r in records), binary=False)

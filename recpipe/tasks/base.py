@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
+from recpipe.fileio import atomic_write_json
 from recpipe.tracking.base import MemoryTracker, Tracker
 
 
@@ -34,12 +35,7 @@ class Result:
 
 def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     """Writes JSON atomically (temp file + rename) so readers never see half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    atomic_write_json(path, data, default=str)
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recpipe.fileio import atomic_write
 from recpipe.models.io import CONFIG_FILE, WEIGHTS_FILE, read_model_config
 from recpipe.modules.embedding import EmbeddingCollection, remap_rows
 from recpipe.quant.io import training_model_dir
@@ -131,12 +132,7 @@ class CheckpointManager:
         """
         os.makedirs(self.directory, exist_ok=True)
         path = self.path_for(step)
-        tmp = os.path.join(self.directory, f".ckpt-{step:010d}.pt.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: torch.save(payload, fh))
         for old in self.paths()[:-self.keep_last]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(old)

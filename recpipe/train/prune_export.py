@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from recpipe.fileio import atomic_write
+
 COMPACT_FORMAT = "recpipe.pruned.v1"
 _INT16_MAX = 32767
 
@@ -140,11 +142,8 @@ def export_compact(state_dict: Mapping[str, torch.Tensor], pruned: Iterable[str]
         else:
             dense[k] = t.contiguous()
             rep.compact_bytes += _nbytes(t)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"format": COMPACT_FORMAT, "dense": dense, "sparse": sparse, "meta": dict(meta or {})}, tmp)
-    os.replace(tmp, path)
+    path = atomic_write(path, lambda fh: torch.save({"format": COMPACT_FORMAT, "dense": dense, "sparse": sparse,
+                                                     "meta": dict(meta or {})}, fh))
     rep.file_bytes = os.path.getsize(path)
     return rep
 
