@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import datetime as dt
 import gzip
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from recpipe.fileio import atomic_write_json
 from recpipe.config import JsonConfig
 from recpipe.data.synth_truth import (
     NUM_DENSE,
@@ -328,10 +328,7 @@ def _with_days(truth: TruthModel, days: Sequence[DayTruth]) -> TruthModel:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from recpipe.fileio import atomic_write_json
 from recpipe.ingest.engine_arrow import read_unit
 from recpipe.ingest.options import IngestOptions
 from recpipe.ingest.parse import REASONS
@@ -238,10 +239,7 @@ class WriteJsonFn(beam.DoFn):
         self.path = path
 
     def process(self, data: dict[str, Any]) -> None:
-        tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, data)
 
 
 def _reason_counts(dead: pa.Table) -> tuple[list[str], list[int]]:

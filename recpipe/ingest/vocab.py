@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recpipe.fileio import atomic_write
 from recpipe.ingest.options import VOCAB_RESERVED
 from recpipe.schema import Schema
 
@@ -97,10 +98,7 @@ class Vocabulary:
                                    "id": pa.array(ids, pa.int64()), "value": t["value"], "day": t["day"],
                                    "count": t["count"]}))
         path = os.path.join(directory, VOCAB_FILE)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        pq.write_table(pa.concat_tables(parts) if parts else pa.table({}), tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda fh: pq.write_table(pa.concat_tables(parts) if parts else pa.table({}), fh))
 
     # ------------------------------------------------------------------ growth
     def extend(self, counts: Mapping[str, pa.Table], day: str, schema: Schema) -> "Vocabulary":
