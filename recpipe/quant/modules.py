@@ -18,6 +18,7 @@ from torch import nn
 from recpipe.data.batch import Batch
 from recpipe.metrics.functional import normalized_entropy
 from recpipe.models.graph import GraphModel
+from recpipe.models.predict import predict
 from recpipe.modules.embedding import EmbeddingCollection
 from recpipe.ops import quant as qops
 from recpipe.quant.mixed import MeasuredChoice, MixedPrecisionConfig, measured_bits, rule_bits
@@ -161,14 +162,10 @@ def _float_collection(model: GraphModel) -> EmbeddingCollection:
 @torch.no_grad()
 def evaluate_ne(model: GraphModel, batches: Iterable[Batch]) -> float:
     """NE of a model over batches (base rate = the label rate of these same rows)."""
-    model.eval()
-    preds, labels = [], []
-    for batch in batches:
-        preds.append(torch.sigmoid(model(batch)).cpu())
-        labels.append(batch.labels.cpu())
-    if not preds:
+    preds, labels = predict(model, batches)
+    if not preds.numel():
         raise ValueError("evaluate_ne: no evaluation batches")
-    return normalized_entropy(torch.cat(preds), torch.cat(labels))
+    return normalized_entropy(preds, labels)
 
 
 def choose_bits(model: GraphModel, cfg: QuantConfig,

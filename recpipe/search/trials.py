@@ -25,6 +25,7 @@ import torch
 from recpipe.config import JsonConfig
 from recpipe.metrics.functional import summary
 from recpipe.models.graph import GraphModel
+from recpipe.models.predict import predict
 from recpipe.models.spec import ArchSpec, SpecError
 from recpipe.search.data import TensorRows
 from recpipe.search.history import TrialOutcome
@@ -85,9 +86,7 @@ class TrialConfig(JsonConfig):
 def evaluate_rows(model: GraphModel, rows: TensorRows, batch_size: int = 4096) -> dict[str, float]:
     """AUC, log loss and NE of ``model`` on ``rows`` (keys without prefix: ``auc``, ``logloss``, ``ne``...)."""
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    preds = torch.cat([torch.sigmoid(model(b.to(device))).cpu() for b in rows.batches(batch_size)])  # (R,)
+    preds, _ = predict(model, rows.batches(batch_size), next(model.parameters()).device)  # (R,)
     model.train(was_training)
     return summary(preds, rows.labels)
 

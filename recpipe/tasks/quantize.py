@@ -45,13 +45,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-import torch
 
 from recpipe.data.batch import Batch
 from recpipe.data.loader import LoaderConfig, ParquetLoader
 from recpipe.metrics.functional import summary
 from recpipe.models import load_model, read_model_config
 from recpipe.models.graph import GraphModel
+from recpipe.models.predict import predict
 from recpipe.ops import quant as qops
 from recpipe.quant import (FLOAT_DIR, QuantConfig, TableQuantConfig, quantize_model, quantize_table,
                            reconstruction_mse, save_quantized_model, table_report, table_weights,
@@ -124,17 +124,9 @@ def _table_section(model: GraphModel, qmodel: GraphModel, cfg: QuantizeConfig) -
     return rows, total
 
 
-@torch.no_grad()
-def _predict(model: GraphModel, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    preds = torch.cat([torch.sigmoid(model(b)).cpu() for b in batches])
-    labels = torch.cat([b.labels.cpu() for b in batches])
-    return preds, labels
-
-
 def _eval_section(model: GraphModel, qmodel: GraphModel, batches: Sequence[Batch]) -> dict[str, Any]:
-    p_float, labels = _predict(model, batches)
-    p_quant, _ = _predict(qmodel, batches)
+    p_float, labels = predict(model, batches)
+    p_quant, _ = predict(qmodel, batches)
     m_float, m_quant = summary(p_float, labels), summary(p_quant, labels)
     return {"float": m_float, "quantized": m_quant, "rows": int(labels.numel()),
             "ne_delta": m_quant["ne"] - m_float["ne"],
